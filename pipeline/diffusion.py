@@ -1,0 +1,121 @@
+"""Deterministic DDIM sampling and inversion (Song et al. 2021, "Denoising Diffusion Implicit Models").
+
+Notation follows the DDIM paper: ``alpha_t`` there is the cumulative product of ``1 - beta`` (called
+``alpha_bar`` / ``alphas_cumprod`` here and in DDPM). Timestep ``-1`` stands for the clean image,
+whose ``alpha_bar`` is 1, so the last sampling step lands exactly on ``x_0`` rather than on the
+slightly noisy training timestep 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DDIMScheduler:
+    """Linear-beta noise schedule with the deterministic (eta = 0) DDIM update and its inverse.
+
+    Args:
+        num_train_timesteps: number of diffusion steps T used in training.
+        beta_start: beta_1 of the linear schedule.
+        beta_end: beta_T of the linear schedule.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        self.num_train_timesteps = num_train_timesteps
+        # float64: the cumulative product over 1000 factors loses digits in float32.
+        self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        # Index t + 1 of this table is alpha_bar_t, with alpha_bar_{-1} = 1 (the clean image) at index 0.
+        self._alpha_bar_table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+
+    def timesteps(self, num_steps: int) -> list[int]:
+        """Return the ``num_steps`` sampling timesteps ``i * T // num_steps``, in descending order."""
+        if not 1 <= num_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_steps must be in [1, {self.num_train_timesteps}], got {num_steps}")
+        return [i * self.num_train_timesteps // num_steps for i in reversed(range(num_steps))]
+
+    def _alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha_bar_t per sample (B,), shaped to broadcast against ``like`` and in its dtype and device."""
+        a = self._alpha_bar_table[t.detach().cpu().long() + 1]
+        return a.reshape(-1, *([1] * (like.dim() - 1))).to(dtype=like.dtype, device=like.device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Sample ``x_t ~ q(x_t | x_0)`` with the given noise; ``t`` is a LongTensor of shape (B,)."""
+        a = self._alpha_bar(t, x0)
+        # DDIM eq. 4: x_t = sqrt(alpha_t) x_0 + sqrt(1 - alpha_t) eps.
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Estimate the clean image from ``x_t`` and predicted noise ``eps``; ``t`` has shape (B,)."""
+        a = self._alpha_bar(t, x_t)
+        # DDIM eq. 9: f_theta(x_t) = (x_t - sqrt(1 - alpha_t) eps) / sqrt(alpha_t).
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def _move(self, eps: torch.Tensor, x_t: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+        """Deterministic DDIM transfer of ``x_t`` from ``t_from`` to ``t_to`` holding ``eps`` fixed."""
+        for t in (t_from, t_to):
+            if not -1 <= t < self.num_train_timesteps:
+                raise ValueError(f"timestep {t} outside [-1, {self.num_train_timesteps - 1}]")
+        a_from = self._alpha_bar_table[t_from + 1].to(dtype=x_t.dtype, device=x_t.device)
+        a_to = self._alpha_bar_table[t_to + 1].to(dtype=x_t.dtype, device=x_t.device)
+        # DDIM eq. 9: the clean image implied by eps, then eq. 12 with sigma_t = 0:
+        # x_to = sqrt(alpha_to) x0_pred + sqrt(1 - alpha_to) eps.
+        x0 = (x_t - (1 - a_from).sqrt() * eps) / a_from.sqrt()
+        return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+
+    def step(self, eps: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor) -> torch.Tensor:
+        """One generative DDIM step (eta = 0) from ``t`` down to ``t_prev`` (``-1`` = clean image)."""
+        if t_prev >= t:
+            raise ValueError(f"a generative step must go down in time, got {t} -> {t_prev}")
+        return self._move(eps, x_t, t, t_prev)
+
+    def invert_step(self, eps: torch.Tensor, t: int, t_next: int, x_t: torch.Tensor) -> torch.Tensor:
+        """One DDIM inversion step from ``t`` up to ``t_next`` (``t = -1`` = clean image).
+
+        The Euler discretisation of the DDIM ODE (eqs. 13-14) run forward in time (section 4.3): the
+        same update as eq. 12, so with the same ``eps`` it exactly undoes :meth:`step`.
+        """
+        if t_next <= t:
+            raise ValueError(f"an inversion step must go up in time, got {t} -> {t_next}")
+        return self._move(eps, x_t, t, t_next)
+
+
+def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def ddim_sample(
+    eps_fn: EpsFn, x_T: torch.Tensor, scheduler: DDIMScheduler, num_steps: int, progress: bool = False
+) -> torch.Tensor:
+    """Decode noise ``x_T`` to a clean image with ``num_steps`` deterministic DDIM steps.
+
+    Visits ``x_{t_1} -> ... -> x_0 -> clean``, where ``t_1 > ... > 0`` are ``scheduler.timesteps``.
+    ``eps_fn(x, t)`` takes a LongTensor of shape (B,) and closes over any conditioning. Gradients are
+    not disabled here; wrap the call in ``torch.inference_mode()`` when none are needed.
+    """
+    ts = scheduler.timesteps(num_steps)
+    x = x_T
+    for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc="DDIM sample", disable=not progress):
+        x = scheduler.step(eps_fn(x, _batch_t(t, x)), t, t_prev, x)
+    return x
+
+
+def ddim_invert(
+    eps_fn: EpsFn, x0: torch.Tensor, scheduler: DDIMScheduler, num_steps: int, progress: bool = False
+) -> torch.Tensor:
+    """Encode a clean image to its DDIM noise map ``x_T``: the exact reverse path of :func:`ddim_sample`.
+
+    Visits ``clean -> x_0 -> ... -> x_{t_1}`` and evaluates ``eps`` at the current (lower) timestep
+    instead of the unknown upper one, the usual DDIM inversion approximation. The clean image is fed
+    to ``eps_fn`` as timestep 0 since the model was never trained on timestep -1 (alpha_bar_0 ~ 1).
+    """
+    ts = scheduler.timesteps(num_steps)[::-1]
+    x = x0
+    for t, t_next in tqdm(list(zip([-1] + ts[:-1], ts)), desc="DDIM invert", disable=not progress):
+        x = scheduler.invert_step(eps_fn(x, _batch_t(max(t, 0), x)), t, t_next, x)
+    return x

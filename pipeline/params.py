@@ -1,0 +1,172 @@
+"""Typed, validated `params.yaml`: validated once at the CLI edge, then passed down as objects."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ParamsError
+
+VIDEO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def safe_relative_path(value: str, root: str = "data") -> str:
+    """Reject paths that are absolute or escape `root` (e.g. `../x`); return the normalised path."""
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"path {value!r} must be relative and stay inside {root}/")
+    if path.parts[:1] != (root,):
+        raise ValueError(f"path {value!r} must lie under {root}/")
+    return str(path)
+
+
+class VideoParams(_Section):
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_data(cls, value: str) -> str:
+        return safe_relative_path(value)
+
+
+class ExtractParams(_Section):
+    max_frames: int | None = Field(default=None, ge=1)
+
+
+class AlignParams(_Section):
+    backend: Literal["dlib", "face_alignment"] = "dlib"
+    fan_weights: str | None = None
+    detector_upsample: int = Field(default=1, ge=0, le=4)
+    detection_threshold: float = 0.5
+    face_index: int = Field(default=0, ge=0)
+    max_gap: int = Field(default=5, ge=0)
+    smooth_center_sigma: float = Field(default=1.0, ge=0)
+    smooth_vector_sigma: float = Field(default=3.0, ge=0)
+    mask_feather: float = Field(default=0.04, ge=0, le=0.5)
+
+
+class EncodeParams(_Section):
+    backend: Literal["dlib", "arcface"] = "dlib"
+    arcface_weights: str | None = None
+
+
+class ModelParams(_Section):
+    preset: Literal["tiny", "paper"] = "tiny"
+    resolution: int | None = Field(default=None, ge=16)
+    base_channels: int | None = Field(default=None, ge=8)
+    channel_mults: tuple[int, ...] | None = None
+    num_res_blocks: int | None = Field(default=None, ge=1)
+    attention_resolutions: tuple[int, ...] | None = None
+    embed_dim: int | None = Field(default=None, ge=8)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> "ModelParams":
+        if self.resolution is not None and self.resolution & (self.resolution - 1):
+            raise ValueError("resolution must be a power of two")
+        return self
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the aligned crops: the model resolution (preset default when not overridden)."""
+        if self.resolution is not None:
+            return self.resolution
+        return {"tiny": 64, "paper": 256}[self.preset]
+
+
+class TrainParams(_Section):
+    videos: list[str] | None = None
+    steps: int = Field(default=3000, ge=1)
+    videos_per_batch: int = Field(default=4, ge=1)
+    frames_per_video: int = Field(default=4, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
+    w_simple: float = Field(default=1.0, ge=0)
+    w_reg: float = Field(default=1.0, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(default=500, ge=1)
+    log_every: int = Field(default=50, ge=1)
+    device: str = "auto"
+    mixed_precision: bool = True
+
+
+class InvertParams(_Section):
+    steps: int = Field(default=50, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1)
+    device: str = "auto"
+    lpips_weights: str | None = None
+
+
+class Params(_Section):
+    """The whole `params.yaml`."""
+
+    videos: dict[str, VideoParams] = {}
+    extract: ExtractParams = ExtractParams()
+    align: AlignParams = AlignParams()
+    encode: EncodeParams = EncodeParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    invert: InvertParams = InvertParams()
+
+    @field_validator("videos")
+    @classmethod
+    def _video_ids(cls, value: dict[str, VideoParams]) -> dict[str, VideoParams]:
+        for video_id in value:
+            if not VIDEO_ID_PATTERN.match(video_id):
+                raise ValueError(
+                    f"video id {video_id!r} must be a plain name (letters, digits, '_', '-', '.'), "
+                    "not a path"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _train_videos_known(self) -> "Params":
+        for video_id in self.train.videos or []:
+            if video_id not in self.videos:
+                raise ValueError(f"train.videos names unknown video {video_id!r}")
+        return self
+
+    @property
+    def train_videos(self) -> list[str]:
+        """Videos the autoencoder trains on (all listed videos unless `train.videos` says otherwise)."""
+        return list(self.train.videos or self.videos)
+
+
+def _format_error(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{key}: {message}"
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded params mapping; errors name the offending key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ParamsError(f"{source}: {_format_error(first)}") from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate `params.yaml`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,129 @@
+"""Detect, track and align one face per frame into model-resolution crops with masks.
+
+Outputs in OUT_DIR: `crops.npy` (N, R, R, 3) uint8, `masks.npy` (N, R, R) uint8 feathered face
+masks, and `align.parquet` (index, status ok / interpolated / no_face, detection score,
+landmarks in frame and crop coordinates, the frame-to-crop affine transform).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import typer
+
+from pipeline import alignment
+from pipeline.atomic import atomic_output_dir
+from pipeline.errors import InputError
+from pipeline.face_detection import make_landmark_detector
+from pipeline.params import AlignParams
+from pipeline.progress import progress_bar
+from pipeline.tables import column_matrix, read_table, vector_column, write_table
+from pipeline.tracking import NO_FACE, FaceTrack, track_face
+from pipeline.video_io import VideoMeta, read_lossless_frames
+from stages.extract import FRAMES_FILE, META_FILE
+
+COMMAND = "align"
+CROPS_FILE = "crops.npy"
+MASKS_FILE = "masks.npy"
+TABLE_FILE = "align.parquet"
+
+
+def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndarray:
+    """Smoothed frame-to-crop affine matrices (N, 2, 3); NaN for `no_face` frames."""
+    valid = track.valid
+    centers = np.zeros((len(valid), 2))
+    axes = np.zeros((len(valid), 2))
+    for index in np.flatnonzero(valid):
+        centers[index], axes[index] = alignment.crop_frame(track.landmarks[index])
+    centers, axes = alignment.smooth_crops(
+        centers, axes, valid, params.smooth_center_sigma, params.smooth_vector_sigma
+    )
+    transforms = np.full((len(valid), 2, 3), np.nan)
+    for index in np.flatnonzero(valid):
+        transforms[index] = alignment.crop_transform(centers[index], axes[index], size)
+    return transforms
+
+
+def align_video(extract_dir: Path, out_dir: Path, params: AlignParams, size: int, progress: bool = True) -> Counter:
+    """Align the face of an extracted video; returns the count of each frame status."""
+    extract_dir, out_dir = Path(extract_dir), Path(out_dir)
+    meta = VideoMeta.from_json(extract_dir / META_FILE)
+    frames_path = extract_dir / FRAMES_FILE
+    detector = make_landmark_detector(
+        params.backend, params.fan_weights, params.detector_upsample, params.detection_threshold
+    )
+    detections = [
+        detector.detect(rgb)
+        for rgb in progress_bar(
+            read_lossless_frames(frames_path), enabled=progress, total=meta.frame_count, desc="detect faces"
+        )
+    ]
+    track = track_face(detections, params.face_index, params.max_gap)
+    if not track.valid.any():
+        raise InputError(extract_dir, "no face found in any frame")
+    transforms = crop_transforms(track, params, size)
+    count = len(detections)
+    crop_landmarks = np.full((count, 68, 2), np.nan)
+    with atomic_output_dir(out_dir) as work:
+        crops = np.lib.format.open_memmap(work / CROPS_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+        masks = np.lib.format.open_memmap(work / MASKS_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size))
+        frames = read_lossless_frames(frames_path)
+        for index, rgb in enumerate(progress_bar(frames, enabled=progress, total=count, desc="align crops")):
+            if track.status[index] == NO_FACE:
+                continue
+            crops[index] = alignment.warp_to_crop(rgb, transforms[index], size)
+            crop_landmarks[index] = alignment.apply_transform(transforms[index], track.landmarks[index])
+            masks[index] = alignment.face_mask(crop_landmarks[index], size, params.mask_feather)
+        crops.flush()
+        masks.flush()
+        del crops, masks
+        write_table(
+            work / TABLE_FILE,
+            {
+                "index": pa.array(np.arange(count), pa.int32()),
+                "status": pa.array(track.status, pa.string()),
+                "score": pa.array(track.scores, pa.float32()),
+                "landmarks": vector_column(track.landmarks),
+                "crop_landmarks": vector_column(crop_landmarks),
+                "transform": vector_column(transforms, pa.float64()),
+            },
+            {"backend": detector.name, "weights_sha256": detector.weights, "crop_size": size,
+             "frame_width": meta.width, "frame_height": meta.height},
+        )
+    return Counter(track.status)
+
+
+def read_alignment(align_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Status per frame, crop landmarks (N, 68, 2), transforms (N, 2, 3) and table metadata."""
+    table, metadata = read_table(Path(align_dir) / TABLE_FILE)
+    status = table.column("status").to_pylist()
+    crop_landmarks = column_matrix(table, "crop_landmarks").reshape(-1, 68, 2)
+    transforms = column_matrix(table, "transform").reshape(-1, 2, 3)
+    return status, crop_landmarks, transforms, metadata
+
+
+def open_crops(align_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-mapped crops (N, R, R, 3) and masks (N, R, R): read lazily, never whole."""
+    align_dir = Path(align_dir)
+    return (
+        np.load(align_dir / CROPS_FILE, mmap_mode="r"),
+        np.load(align_dir / MASKS_FILE, mmap_mode="r"),
+    )
+
+
+def cli(
+    extract_dir: Path = typer.Argument(..., help="Output folder of `dva extract`."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    settings = stage_params(params)
+    counts = align_video(extract_dir, out_dir, settings.align, settings.model.crop_size, progress=not quiet)
+    if not quiet:
+        summary = ", ".join(f"{counts.get(state, 0)} {state}" for state in ("ok", "interpolated", "no_face"))
+        typer.echo(f"{extract_dir}: {summary} -> {out_dir}")

@@ -1,0 +1,91 @@
+"""Identity code and landmark feature of every aligned frame, as one Parquet table per video.
+
+Columns: index, status, identity (L2-normalised, dim from the encoder), landmark_feature (102:
+crop landmarks scaled to [0, 1], jaw dropped). File metadata: encoder name, identity dim,
+weights sha256, and the video identity (L2-normalised mean over ok frames).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import typer
+
+from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
+from pipeline.atomic import atomic_output_dir
+from pipeline.identity import l2_normalise, make_identity_encoder
+from pipeline.params import EncodeParams
+from pipeline.progress import progress_bar
+from pipeline.tables import column_matrix, read_table, vector_column, write_table
+from pipeline.tracking import NO_FACE, OK
+from stages.align import open_crops, read_alignment
+
+COMMAND = "encode"
+TABLE_FILE = "features.parquet"
+BATCH = 32
+
+
+def encode_video(align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True) -> np.ndarray:
+    """Encode every aligned frame; returns the video identity."""
+    status, crop_landmarks, _, align_meta = read_alignment(align_dir)
+    crops, _ = open_crops(align_dir)
+    size = crops.shape[1]
+    encoder = make_identity_encoder(params.backend, params.arcface_weights)
+    count = len(status)
+    identities = np.zeros((count, encoder.dim), dtype=np.float32)
+    features = np.zeros((count, LANDMARK_FEATURE_DIM), dtype=np.float32)
+    valid = np.array([state != NO_FACE for state in status])
+    starts = range(0, count, BATCH)
+    for start in progress_bar(starts, enabled=progress, total=len(starts), desc="encode identity"):
+        rows = np.flatnonzero(valid[start : start + BATCH]) + start
+        if len(rows):
+            identities[rows] = encoder.embed(np.asarray(crops[rows]), crop_landmarks[rows])
+            features[rows] = np.stack([landmark_feature(crop_landmarks[row], size) for row in rows])
+    ok = np.array([state == OK for state in status])
+    video_identity = l2_normalise(identities[ok if ok.any() else valid].mean(axis=0))
+    with atomic_output_dir(out_dir) as work:
+        write_table(
+            work / TABLE_FILE,
+            {
+                "index": pa.array(np.arange(count), pa.int32()),
+                "status": pa.array(status, pa.string()),
+                "identity": vector_column(identities),
+                "landmark_feature": vector_column(features),
+            },
+            {
+                "encoder": encoder.name,
+                "identity_dim": encoder.dim,
+                "weights_sha256": encoder.weights,
+                "video_identity": video_identity.tolist(),
+                "crop_size": size,
+                "landmark_backend": align_meta.get("backend"),
+            },
+        )
+    return video_identity
+
+
+def read_features(encode_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Status, per-frame identities (N, D), landmark features (N, 102), video identity (D,), metadata."""
+    table, metadata = read_table(Path(encode_dir) / TABLE_FILE)
+    return (
+        table.column("status").to_pylist(),
+        column_matrix(table, "identity").astype(np.float32),
+        column_matrix(table, "landmark_feature").astype(np.float32),
+        np.asarray(metadata["video_identity"], dtype=np.float32),
+        metadata,
+    )
+
+
+def cli(
+    align_dir: Path = typer.Argument(..., help="Output folder of `dva align`."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    encode_video(align_dir, out_dir, stage_params(params).encode, progress=not quiet)
+    if not quiet:
+        typer.echo(f"{align_dir}: features -> {out_dir}")

@@ -1,0 +1,77 @@
+"""Decode a video into one lossless frames file, a frame table and a meta file.
+
+Outputs in OUT_DIR: `frames.mkv` (FFV1, lossless RGB), `frames.parquet` (index, pts, time in
+seconds: the source timing, variable frame rate included) and `meta.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import typer
+
+from pipeline.atomic import atomic_output_dir
+from pipeline.progress import progress_bar
+from pipeline.tables import write_table
+from pipeline.video_io import LosslessFrameWriter, VideoMeta, iter_frames, probe
+
+COMMAND = "extract"
+FRAMES_FILE = "frames.mkv"
+TABLE_FILE = "frames.parquet"
+META_FILE = "meta.json"
+
+
+def extract_video(video: Path, out_dir: Path, max_frames: int | None = None, progress: bool = True) -> VideoMeta:
+    """Stream `video` into `out_dir` (written under a temporary name, renamed when complete)."""
+    video, out_dir = Path(video), Path(out_dir)
+    meta = probe(video)
+    indices, pts, times = [], [], []
+    expected = min(meta.frame_count or 0, max_frames or meta.frame_count or 0) or None
+    with atomic_output_dir(out_dir) as work:
+        with LosslessFrameWriter(work / FRAMES_FILE, meta.width, meta.height) as writer:
+            frames = iter_frames(video, max_frames=max_frames)
+            for frame in progress_bar(frames, enabled=progress, total=expected, desc=f"extract {video.name}"):
+                writer.write(frame.rgb)
+                indices.append(frame.index)
+                pts.append(frame.pts)
+                times.append(frame.time)
+        write_table(
+            work / TABLE_FILE,
+            {
+                "index": pa.array(indices, pa.int32()),
+                "pts": pa.array(pts, pa.int64()),
+                "time": pa.array(times, pa.float64()),
+            },
+            {"source": video.name, "time_base": meta.time_base},
+        )
+        meta = dataclasses.replace(meta, frame_count=len(indices))
+        if times and not meta.duration:
+            meta = dataclasses.replace(meta, duration=float(times[-1] + 1 / (meta.fps or 25)))
+        meta.to_json(work / META_FILE)
+    return meta
+
+
+def frame_times(extract_dir: Path) -> np.ndarray:
+    """Presentation times (seconds) of an extracted video's frames."""
+    from pipeline.tables import read_table
+
+    table, _ = read_table(Path(extract_dir) / TABLE_FILE)
+    return table.column("time").to_numpy()
+
+
+def cli(
+    video: Path = typer.Argument(..., help="Input video file."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
+    max_frames: int = typer.Option(None, help="Stop after this many frames (default: params extract.max_frames)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    limit = max_frames if max_frames is not None else stage_params(params).extract.max_frames
+    meta = extract_video(video, out_dir, limit, progress=not quiet)
+    if not quiet:
+        typer.echo(f"{video}: {meta.frame_count} frames {meta.width}x{meta.height} @ {meta.fps:.3f} fps -> {out_dir}")
