@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,7 +15,9 @@ VIDEO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan are valid YAML (.inf, .nan) but meaningless for every parameter here, and slip
+    # through range checks (nan compares false, inf passes ge=0) to crash or silently misbehave.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def safe_relative_path(value: str, root: str = "data") -> str:
@@ -68,11 +70,13 @@ class ModelParams(_Section):
     embed_dim: int | None = Field(default=None, ge=8)
     dropout: float | None = Field(default=None, ge=0, lt=1)
 
-    @model_validator(mode="after")
-    def _power_of_two(self) -> "ModelParams":
-        if self.resolution is not None and self.resolution & (self.resolution - 1):
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        # A field validator, so the error names `model.resolution`, not just `model`.
+        if value is not None and value & (value - 1):
             raise ValueError("resolution must be a power of two")
-        return self
+        return value
 
     @property
     def crop_size(self) -> int:
@@ -103,7 +107,80 @@ class InvertParams(_Section):
     steps: int = Field(default=50, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
-    lpips_weights: str | None = None
+
+
+class FitClassifiersParams(_Section):
+    """Attribute classifiers in identity space, fitted on a labelled face table."""
+
+    labels: str | None = None  # CelebA list_attr_celeba.txt, .csv or .parquet; None: stage not configured
+    images: str | None = None  # folder that relative image paths are resolved against (None: the table's)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+    epochs: int = Field(default=300, ge=1)
+    max_images: int | None = Field(default=None, ge=1)
+
+
+class ClassifierEdit(_Section):
+    """Move the identity along fitted attribute directions (`fit_classifiers` output)."""
+
+    kind: Literal["classifier"]
+    classifier: str = "data/classifiers/classifier.safetensors"
+    attributes: dict[str, float]
+
+
+class TextEdit(_Section):
+    """CLIP-guided edit from a text prompt; needs local open_clip weights."""
+
+    kind: Literal["text"]
+    target_text: str
+    source_text: str = "face"
+    clip_model: str = "ViT-B-32"
+    clip_weights: str | None = None
+    iterations: int = Field(default=2000, ge=1)
+    lr: float = Field(default=0.002, gt=0)
+    w_clip: float = 3.0
+    w_id: float = 1.0
+    w_l1: float = 5.0
+    scale: float = 0.5
+    num_steps: int = Field(default=5, ge=1)
+    t_start: int = Field(default=800, ge=1, le=999)
+
+
+class ReferenceEdit(_Section):
+    """Move the identity toward a reference face (image), or away from the video's own (anonymise)."""
+
+    kind: Literal["reference"]
+    reference: str | None = None
+    away: bool = False
+    strength: float = Field(default=0.5, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _reference_or_away(self) -> "ReferenceEdit":
+        if not self.away and not self.reference:
+            raise ValueError("a reference edit needs `reference` (an image) unless `away: true`")
+        return self
+
+
+EditSpec = Annotated[ClassifierEdit | TextEdit | ReferenceEdit, Field(discriminator="kind")]
+
+
+class EditParams(_Section):
+    """Shared settings of the edit stage."""
+
+    batch_size: int = Field(default=32, ge=1)
+    device: str = "auto"
+    region_threshold: float = Field(default=0.08, gt=0, le=1)
+    region_dilation: float = Field(default=0.12, ge=0, le=0.5)
+    feather: float = Field(default=0.03, ge=0, le=0.5)
+
+
+class RenderParams(_Section):
+    """Video encoding of the rendered outputs."""
+
+    crf: int = Field(default=18, ge=0, le=51)
+    preset: str = "medium"
+    contact_sheet_columns: int = Field(default=8, ge=1, le=64)
 
 
 class Params(_Section):
@@ -116,6 +193,10 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     invert: InvertParams = InvertParams()
+    fit_classifiers: FitClassifiersParams = FitClassifiersParams()
+    edit: EditParams = EditParams()
+    edits: dict[str, EditSpec] = {}
+    render: RenderParams = RenderParams()
 
     @field_validator("videos")
     @classmethod
@@ -126,6 +207,14 @@ class Params(_Section):
                     f"video id {video_id!r} must be a plain name (letters, digits, '_', '-', '.'), "
                     "not a path"
                 )
+        return value
+
+    @field_validator("edits")
+    @classmethod
+    def _edit_names(cls, value: dict) -> dict:
+        for name in value:
+            if not VIDEO_ID_PATTERN.match(name):
+                raise ValueError(f"edit name {name!r} must be a plain name (letters, digits, '_', '-', '.')")
         return value
 
     @model_validator(mode="after")

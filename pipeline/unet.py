@@ -134,7 +134,8 @@ class AttentionBlock(nn.Module):
         """Attend over the H*W positions of ``x`` (B, C, H, W)."""
         b, c, h, w = x.shape
         # (B, 3C, H, W) -> three tensors of shape (B, heads, H*W, C/heads).
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 

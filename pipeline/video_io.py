@@ -230,3 +230,128 @@ def read_frame_batches(path: Path, batch_size: int) -> Iterator[np.ndarray]:
             batch = []
     if batch:
         yield np.stack(batch)
+
+
+def copy_audio(source: Path, destination: Path) -> bool:
+    """Remux the first audio stream of `source` into a Matroska file without re-encoding.
+
+    Returns False (and writes nothing) when the source has no audio.
+    """
+    with _open_input(Path(source)) as container:
+        if not container.streams.audio:
+            return False
+        audio = container.streams.audio[0]
+        with av.open(str(destination), mode="w", format="matroska") as output:
+            stream = output.add_stream_from_template(audio)
+            for packet in container.demux(audio):
+                if packet.dts is None or not packet.size:
+                    continue
+                packet.stream = stream
+                output.mux(packet)
+    return True
+
+
+def _even(value: int) -> bool:
+    return value % 2 == 0
+
+
+class VideoEncoder:
+    """Encode RGB frames to H.264/MP4 at given source timestamps, copying the source's audio.
+
+    Frames keep the source's pts and time base, so variable frame rate timing survives. Audio
+    packets are copied without re-encoding when the MP4 container accepts the codec (else
+    transcoded to AAC) and interleaved by time as video is written, so memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        time_base: Fraction,
+        fps: float,
+        crf: int = 18,
+        preset: str = "medium",
+        audio_source: Path | None = None,
+    ):
+        self._container = av.open(str(path), mode="w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25, 1)
+        self._video = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+        self._video.width, self._video.height = width, height
+        # 4:2:0 needs even sizes; odd-sized videos keep full chroma instead of being cropped.
+        self._video.pix_fmt = "yuv420p" if _even(width) and _even(height) else "yuv444p"
+        self._video.codec_context.time_base = time_base
+        self._video.time_base = time_base
+        self._time_base = time_base
+        self._audio_in = None
+        self._audio_packets = None
+        self._pending_audio = None
+        if audio_source is not None:
+            self._open_audio(Path(audio_source))
+
+    def _open_audio(self, source: Path) -> None:
+        container = av.open(str(source))
+        if not container.streams.audio:
+            container.close()
+            return
+        audio = container.streams.audio[0]
+        self._audio_in = container
+        try:
+            self._audio_out = self._container.add_stream_from_template(audio)
+            self._transcode = False
+        except (ValueError, av.error.FFmpegError):
+            self._audio_out = self._container.add_stream("aac", rate=audio.codec_context.sample_rate or 48000)
+            self._transcode = True
+        self._audio_stream_in = audio
+        self._audio_packets = container.demux(audio)
+
+    def _mux_audio_until(self, seconds: float | None) -> None:
+        if self._audio_packets is None:
+            return
+        while True:
+            packet = self._pending_audio or next(self._audio_packets, None)
+            self._pending_audio = None
+            if packet is None:
+                self._audio_packets = None
+                return
+            if packet.dts is None and packet.pts is None:
+                continue
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if seconds is not None and float(stamp * packet.time_base) > seconds:
+                self._pending_audio = packet
+                return
+            if self._transcode:
+                for frame in packet.decode():
+                    frame.pts = None
+                    for out in self._audio_out.encode(frame):
+                        self._container.mux(out)
+            elif packet.size:
+                packet.stream = self._audio_out
+                self._container.mux(packet)
+
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        """Encode one frame at source timestamp `pts` (in the source time base)."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = int(pts)
+        frame.time_base = self._time_base
+        self._mux_audio_until(float(pts * self._time_base))
+        for packet in self._video.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush video, copy the remaining audio and close the file."""
+        for packet in self._video.encode():
+            self._container.mux(packet)
+        self._mux_audio_until(None)
+        if self._audio_in is not None:
+            if self._transcode:
+                for out in self._audio_out.encode():
+                    self._container.mux(out)
+            self._audio_in.close()
+        self._container.close()
+
+    def __enter__(self) -> "VideoEncoder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

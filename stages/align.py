@@ -50,6 +50,10 @@ def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndar
 def align_video(extract_dir: Path, out_dir: Path, params: AlignParams, size: int, progress: bool = True) -> Counter:
     """Align the face of an extracted video; returns the count of each frame status."""
     extract_dir, out_dir = Path(extract_dir), Path(out_dir)
+    for name in (META_FILE, FRAMES_FILE):
+        # A wrong folder must be a one-line error, not a FileNotFoundError traceback.
+        if not (extract_dir / name).is_file():
+            raise InputError(extract_dir, f"not an extract output folder (no {name}); run `dva extract` first")
     meta = VideoMeta.from_json(extract_dir / META_FILE)
     frames_path = extract_dir / FRAMES_FILE
     detector = make_landmark_detector(

@@ -54,9 +54,10 @@ def register(name: str, function: Callable, help_text: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from stages import align, encode, extract, sample
+    from stages import align, edit, encode, evaluate, extract, fit_classifiers, invert, render, sample, train
 
-    for module in (sample, extract, align, encode):
+    stages = (sample, extract, align, encode, train, fit_classifiers, invert, edit, render, evaluate)
+    for module in stages:
         register(module.COMMAND, module.cli, module.__doc__.strip().splitlines()[0])
     app(prog_name="dva")
 

@@ -20,7 +20,9 @@ from pipeline.params import EncodeParams
 from pipeline.progress import progress_bar
 from pipeline.tables import column_matrix, read_table, vector_column, write_table
 from pipeline.tracking import NO_FACE, OK
-from stages.align import open_crops, read_alignment
+from pipeline.errors import InputError
+from stages.align import CROPS_FILE, MASKS_FILE, open_crops, read_alignment
+from stages.align import TABLE_FILE as ALIGN_TABLE_FILE
 
 COMMAND = "encode"
 TABLE_FILE = "features.parquet"
@@ -29,6 +31,10 @@ BATCH = 32
 
 def encode_video(align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True) -> np.ndarray:
     """Encode every aligned frame; returns the video identity."""
+    for name in (ALIGN_TABLE_FILE, CROPS_FILE, MASKS_FILE):
+        # A wrong folder must be a one-line error, not a FileNotFoundError traceback.
+        if not (Path(align_dir) / name).is_file():
+            raise InputError(align_dir, f"not an align output folder (no {name}); run `dva align` first")
     status, crop_landmarks, _, align_meta = read_alignment(align_dir)
     crops, _ = open_crops(align_dir)
     size = crops.shape[1]

@@ -1,7 +1,8 @@
 """Decode a video into one lossless frames file, a frame table and a meta file.
 
 Outputs in OUT_DIR: `frames.mkv` (FFV1, lossless RGB), `frames.parquet` (index, pts, time in
-seconds: the source timing, variable frame rate included) and `meta.json`.
+seconds: the source timing, variable frame rate included), `meta.json`, and `audio.mka` (the
+source's audio stream, copied without re-encoding) when the source has audio.
 """
 
 from __future__ import annotations
@@ -9,19 +10,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import typer
 
 from pipeline.atomic import atomic_output_dir
 from pipeline.progress import progress_bar
 from pipeline.tables import write_table
-from pipeline.video_io import LosslessFrameWriter, VideoMeta, iter_frames, probe
+from pipeline.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
 
 COMMAND = "extract"
 FRAMES_FILE = "frames.mkv"
 TABLE_FILE = "frames.parquet"
 META_FILE = "meta.json"
+AUDIO_FILE = "audio.mka"
 
 
 def extract_video(video: Path, out_dir: Path, max_frames: int | None = None, progress: bool = True) -> VideoMeta:
@@ -47,19 +48,13 @@ def extract_video(video: Path, out_dir: Path, max_frames: int | None = None, pro
             },
             {"source": video.name, "time_base": meta.time_base},
         )
+        if meta.has_audio:
+            copy_audio(video, work / AUDIO_FILE)
         meta = dataclasses.replace(meta, frame_count=len(indices))
         if times and not meta.duration:
             meta = dataclasses.replace(meta, duration=float(times[-1] + 1 / (meta.fps or 25)))
         meta.to_json(work / META_FILE)
     return meta
-
-
-def frame_times(extract_dir: Path) -> np.ndarray:
-    """Presentation times (seconds) of an extracted video's frames."""
-    from pipeline.tables import read_table
-
-    table, _ = read_table(Path(extract_dir) / TABLE_FILE)
-    return table.column("time").to_numpy()
 
 
 def cli(

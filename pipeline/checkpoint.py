@@ -1,0 +1,152 @@
+"""Autoencoder checkpoints in safetensors: weights, config and training state, never pickles.
+
+A training checkpoint holds the model, its EMA, the optimizer state and the RNG states, so an
+interrupted run resumes bit-for-bit. The released model file holds the EMA weights only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pipeline.atomic import atomic_output_file
+from pipeline.errors import InputError
+from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig
+
+FORMAT = "dva-autoencoder-v1"
+
+
+def config_to_json(config: UNetConfig) -> str:
+    """UNet config as JSON (tuples become lists)."""
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def config_from_json(text: str) -> UNetConfig:
+    """Inverse of `config_to_json`."""
+    raw = json.loads(text)
+    for key in ("channel_mults", "attention_resolutions"):
+        raw[key] = tuple(raw[key])
+    return UNetConfig(**raw)
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], str]:
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).clone()
+    return tensors, json.dumps(state["param_groups"])
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: str) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": json.loads(groups)}
+
+
+def save_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    step: int,
+    fingerprint: str,
+) -> None:
+    """Write everything needed to resume training at `step` (atomically)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    optim_tensors, groups = _flatten_optimizer(optimizer.state_dict())
+    tensors |= {k: v.cpu().contiguous() for k, v in optim_tensors.items()}
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    metadata = {
+        "format": FORMAT + "-training",
+        "config": config_to_json(model.config),
+        "step": str(step),
+        "fingerprint": fingerprint,
+        "param_groups": groups,
+    }
+    with atomic_output_file(Path(path)) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if not metadata.get("format", "").startswith(FORMAT):
+        raise InputError(path, "not a checkpoint of this model (no dva-autoencoder format tag)")
+    return tensors, metadata
+
+
+def _subset(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    expected = module.state_dict()
+    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected):
+        raise InputError(path, "weights do not match the model described by its config")
+    module.load_state_dict(weights)
+
+
+def load_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[int, str]:
+    """Restore a `save_training_state` file into the given objects; returns (step, fingerprint)."""
+    tensors, metadata = _read(path)
+    _load_weights(model, _subset(tensors, "model."), path)
+    _load_weights(ema, _subset(tensors, "ema."), path)
+    optimizer.load_state_dict(_unflatten_optimizer(_subset(tensors, "optim."), metadata["param_groups"]))
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(metadata["step"]), metadata["fingerprint"]
+
+
+def training_fingerprint(path: Path) -> str | None:
+    """The fingerprint recorded in a training checkpoint, or None when it is unreadable."""
+    try:
+        return _read(path)[1].get("fingerprint")
+    except InputError:
+        return None
+
+
+def save_model(path: Path, model: torch.nn.Module, metadata: dict[str, str]) -> None:
+    """Write the released model (weights + config + lineage metadata), atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    full = {"format": FORMAT, "config": config_to_json(model.config)} | metadata
+    with atomic_output_file(Path(path)) as temporary:
+        save_file(tensors, str(temporary), metadata=full)
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[DiffusionVideoAutoencoder, dict[str, str]]:
+    """Load a released model file; refuses anything that is not a checkpoint of this model."""
+    tensors, metadata = _read(path)
+    if metadata["format"] != FORMAT:
+        tensors = _subset(tensors, "ema.")
+    try:
+        config = config_from_json(metadata["config"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, "checkpoint config is missing or malformed") from None
+    model = DiffusionVideoAutoencoder(config)
+    _load_weights(model, tensors, Path(path))
+    return model.to(device).eval(), metadata

@@ -1,0 +1,224 @@
+"""Apply one edit to a video: edit the identity once, decode every frame from its cached noise map.
+
+The edited identity `z'` comes from the edit spec (classifier directions, a text prompt through
+CLIP, or a reference face / anonymisation). Every face frame is decoded from the noise map of
+`dva invert` with `z_face(z', z_lnd[n])`, then blended over the source crop with a feathered mask
+that is the union of the original and the edited face regions, so the background stays the source.
+
+Outputs in OUT_DIR: `edited.npy` (N, R, R, 3) uint8 blended crops, `alpha.npy` (N, R, R) uint8
+blend masks, `baseline.npy` / `baseline_alpha.npy` (the same edit applied to each frame's own
+identity instead of the video's: the per-frame baseline that evaluate compares against) and
+`edit.json` (spec, edited identity, identity similarities).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from pipeline.atomic import atomic_output_dir
+from pipeline.checkpoint import load_model
+from pipeline.compositing import blend, edit_blend_mask
+from pipeline.device import resolve_device
+from pipeline.diffusion import DDIMScheduler
+from pipeline.editing import AttributeClassifier, classifier_edit, reference_edit
+from pipeline.errors import DvaError, InputError
+from pipeline.face_detection import make_landmark_detector
+from pipeline.hashing import sha256_file
+from pipeline.identity import make_identity_encoder
+from pipeline.inversion import decode_frames, face_codes, to_model_images, to_uint8_crops
+from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
+from pipeline.progress import progress_bar
+from pipeline.still_faces import encode_still
+from pipeline.tables import read_table
+from pipeline.tracking import NO_FACE
+from pipeline.unet import DiffusionVideoAutoencoder
+from stages.align import open_crops
+from stages.encode import read_features
+from stages.invert import NOISE_FILE, RECON_FILE
+from stages.invert import TABLE_FILE as INVERT_TABLE
+
+COMMAND = "edit"
+EDITED_FILE = "edited.npy"
+ALPHA_FILE = "alpha.npy"
+BASELINE_FILE = "baseline.npy"
+BASELINE_ALPHA_FILE = "baseline_alpha.npy"
+INFO_FILE = "edit.json"
+
+IdentityEdit = Callable[[np.ndarray], np.ndarray]
+
+
+def _l2(z: np.ndarray) -> np.ndarray:
+    return (z / np.linalg.norm(z)).astype(np.float32)
+
+
+def identity_edit(
+    spec: EditSpec,
+    params: Params,
+    model: DiffusionVideoAutoencoder,
+    video_identity: np.ndarray,
+    first_frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+    device: torch.device,
+    progress: bool,
+) -> tuple[IdentityEdit, dict]:
+    """The function that edits one identity code, and facts about it for the record.
+
+    `first_frame` is (crop, landmark feature, face mask) of the first face frame, used by the
+    text edit, which optimises its direction on that frame as the paper does.
+    """
+    if isinstance(spec, ClassifierEdit):
+        path = Path(spec.classifier)
+        if not path.is_file():
+            raise InputError(path, "attribute classifier not found (run `dva fit-classifiers` first)")
+        classifier = AttributeClassifier.load(path)
+        if classifier.dim != len(video_identity):
+            raise InputError(path, f"classifier is for {classifier.dim}-d codes, the video has {len(video_identity)}-d")
+        try:
+            classifier_edit(video_identity, classifier, spec.attributes)
+        except ValueError as exc:
+            raise DvaError(f"{path}: {exc}") from None
+        return (lambda z: classifier_edit(z, classifier, spec.attributes)), {"classifier_sha256": sha256_file(path)}
+    if isinstance(spec, ReferenceEdit):
+        if spec.away:
+            own = video_identity
+            return (lambda z: reference_edit(z, own, spec.strength, away=True, seed=spec.seed)), {}
+        detector = make_landmark_detector(
+            params.align.backend, params.align.fan_weights, params.align.detector_upsample,
+            params.align.detection_threshold,
+        )
+        encoder = make_identity_encoder(params.encode.backend, params.encode.arcface_weights)
+        reference = encode_still(Path(spec.reference), detector, encoder, model.config.resolution)
+        target = reference.identity
+        facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
+        return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
+    return _text_edit(spec, model, video_identity, first_frame, device, progress)
+
+
+def _text_edit(spec: TextEdit, model, video_identity, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
+    from pipeline.text_edit import (
+        TextEditConfig,
+        apply_text_direction,
+        invert_to_t_start,
+        load_clip,
+        optimise_text_direction,
+    )
+
+    clip_model, tokenizer = load_clip(spec.clip_model, spec.clip_weights, param_name="edits.<name>.clip_weights",
+                                      device=device)
+    config = TextEditConfig(
+        target_text=spec.target_text, source_text=spec.source_text, iterations=spec.iterations, lr=spec.lr,
+        w_clip=spec.w_clip, w_id=spec.w_id, w_l1=spec.w_l1, scale=spec.scale, num_steps=spec.num_steps,
+        t_start=spec.t_start,
+    )
+    crop, landmarks, mask = first_frame
+    x0 = to_model_images(crop[None], device)
+    x_start = invert_to_t_start(model, DDIMScheduler(), x0, video_identity, landmarks, config)
+    keep = 1 - torch.from_numpy(mask.astype(np.float32) / 255)[None, None].to(device)
+    dz, losses = optimise_text_direction(
+        model, DDIMScheduler(), clip_model, tokenizer, x_start, video_identity, landmarks, keep, config, progress
+    )
+    facts = {"clip_weights_sha256": sha256_file(Path(spec.clip_weights)), "loss_first": losses[1] if len(losses) > 1
+             else losses[0], "loss_last": losses[-1]}
+    return (lambda z: apply_text_direction(z, dz, spec.scale)), facts
+
+
+def edit_video(
+    name: str,
+    params: Params,
+    checkpoint: Path,
+    align_dir: Path,
+    encode_dir: Path,
+    invert_dir: Path,
+    out_dir: Path,
+    baseline: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Decode every face frame of a video with the edited identity and blend it over the source."""
+    if name not in params.edits:
+        raise DvaError(f"edit {name!r} is not defined under `edits` in the params (known: {sorted(params.edits)})")
+    spec = params.edits[name]
+    settings = params.edit
+    device = resolve_device(settings.device)
+    model, _ = load_model(checkpoint, device)
+    crops, masks = open_crops(align_dir)
+    status, frame_identities, landmarks, video_identity, _ = read_features(encode_dir)
+    noise = np.load(Path(invert_dir) / NOISE_FILE, mmap_mode="r")
+    recon = np.load(Path(invert_dir) / RECON_FILE, mmap_mode="r")
+    _, invert_meta = read_table(Path(invert_dir) / INVERT_TABLE)
+    steps = int(invert_meta["steps"])
+    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    first = int(frames[0])
+    edit_one, facts = identity_edit(
+        spec, params, model, video_identity, (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first])),
+        device, progress,
+    )
+    edited_identity = edit_one(video_identity)
+    scheduler = DDIMScheduler()
+    count, size = len(status), crops.shape[1]
+    batches = [frames[start : start + settings.batch_size] for start in range(0, len(frames), settings.batch_size)]
+    with atomic_output_dir(out_dir) as work:
+        outputs = {"edited": _open(work / EDITED_FILE, count, size), "edited_alpha": _open(work / ALPHA_FILE, count, size, 1)}
+        if baseline:
+            outputs["baseline"] = _open(work / BASELINE_FILE, count, size)
+            outputs["baseline_alpha"] = _open(work / BASELINE_ALPHA_FILE, count, size, 1)
+        # no_face frames keep the zero crops and zero alphas they were created with: render skips them.
+        for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"edit {name}"):
+            x_T = torch.from_numpy(np.ascontiguousarray(noise[rows])).to(device)
+            source, reconstruction, face = np.asarray(crops[rows]), np.asarray(recon[rows]), np.asarray(masks[rows])
+            codes = {"edited": np.broadcast_to(edited_identity, (len(rows), len(edited_identity)))}
+            if baseline:
+                codes["baseline"] = np.stack([edit_one(frame_identities[row]) for row in rows])
+            for key, identity in codes.items():
+                with torch.inference_mode():
+                    z_face = face_codes(model, identity, landmarks[rows], device)
+                decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, steps))
+                for offset, row in enumerate(rows):
+                    alpha = edit_blend_mask(
+                        face[offset], source[offset], decoded[offset], reconstruction[offset],
+                        settings.region_threshold, settings.region_dilation, settings.feather,
+                    )
+                    outputs[key][row] = blend(decoded[offset], source[offset], alpha)
+                    outputs[f"{key}_alpha"][row] = np.round(alpha * 255).astype(np.uint8)
+        for array in outputs.values():
+            array.flush()
+        del outputs
+        info = {
+            "name": name,
+            "spec": spec.model_dump(),
+            "steps": steps,
+            "checkpoint_sha256": sha256_file(Path(checkpoint)),
+            "video_identity": video_identity.tolist(),
+            "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
+            "identity_cosine_to_source": float(np.dot(_l2(edited_identity), _l2(video_identity))),
+        } | facts
+        (work / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _open(path: Path, count: int, size: int, channels: int = 3) -> np.ndarray:
+    shape = (count, size, size, 3) if channels == 3 else (count, size, size)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+
+
+def cli(
+    name: str = typer.Argument(..., help="Edit name, as defined under `edits` in the params file."),
+    checkpoint: Path = typer.Argument(..., help="Model file from `dva train`."),
+    align_dir: Path = typer.Argument(..., help="Output folder of `dva align`."),
+    encode_dir: Path = typer.Argument(..., help="Output folder of `dva encode`."),
+    invert_dir: Path = typer.Argument(..., help="Output folder of `dva invert` (cached noise maps)."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
+    baseline: bool = typer.Option(True, help="Also decode the per-frame baseline for evaluate."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    info = edit_video(name, stage_params(params), checkpoint, align_dir, encode_dir, invert_dir, out_dir,
+                      baseline=baseline, progress=not quiet)
+    if not quiet:
+        typer.echo(f"{name}: identity cosine to source {info['identity_cosine_to_source']:.3f} -> {out_dir}")

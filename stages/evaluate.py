@@ -1,0 +1,118 @@
+"""Score one edit of one video: temporal identity consistency, identity movement, background.
+
+TL-ID / TG-ID (identity encoder from params) of the reconstruction, of the edit, and of the
+per-frame baseline (the same edit applied to each frame's own identity); mean identity cosine
+to the source video's identity (and to the reference face for reference edits); background PSNR
+from render. Outputs in OUT_DIR: `metrics.json` (DVC metrics) and `identity.csv` (DVC plot:
+per-frame identity cosine to the source for reconstruction, edit and baseline).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+
+from pipeline.atomic import atomic_output_dir
+from pipeline.errors import InputError
+from pipeline.identity import IdentityEncoder, l2_normalise, make_identity_encoder
+from pipeline.identity_metrics import temporal_identity_consistency
+from pipeline.params import EncodeParams
+from pipeline.progress import progress_bar
+from pipeline.tracking import NO_FACE
+from stages.align import read_alignment
+from stages.edit import BASELINE_FILE, EDITED_FILE, INFO_FILE
+from stages.encode import read_features
+from stages.invert import RECON_FILE
+from stages.render import METRICS_FILE as RENDER_METRICS
+
+COMMAND = "evaluate"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "identity.csv"
+BATCH = 32
+
+
+def embed_crops(
+    encoder: IdentityEncoder, crops: np.ndarray, crop_landmarks: np.ndarray, frames: np.ndarray, progress: bool, desc: str
+) -> np.ndarray:
+    """Identity codes (len(frames), D) of the listed frames of a crop stack, in batches."""
+    batches = [frames[start : start + BATCH] for start in range(0, len(frames), BATCH)]
+    codes = [
+        encoder.embed(np.asarray(crops[rows]), crop_landmarks[rows])
+        for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=desc)
+    ]
+    return np.concatenate(codes)
+
+
+def _consistency(source: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    tl_id, tg_id = temporal_identity_consistency(source, other)
+    return {"tl_id": tl_id, "tg_id": tg_id}
+
+
+def evaluate_edit(
+    align_dir: Path,
+    encode_dir: Path,
+    invert_dir: Path,
+    edit_dir: Path,
+    render_dir: Path,
+    out_dir: Path,
+    params: EncodeParams,
+    progress: bool = True,
+) -> dict:
+    """Compute and write the metrics of one edit; returns them."""
+    status, crop_landmarks, _, _ = read_alignment(align_dir)
+    _, source_codes, _, video_identity, features_meta = read_features(encode_dir)
+    encoder = make_identity_encoder(params.backend, params.arcface_weights)
+    if encoder.name != features_meta["encoder"]:
+        raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, evaluate uses {encoder.name}")
+    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    source = source_codes[frames]
+    stacks = {
+        "reconstruction": Path(invert_dir) / RECON_FILE,
+        "edit": Path(edit_dir) / EDITED_FILE,
+        "baseline": Path(edit_dir) / BASELINE_FILE,
+    }
+    codes = {
+        name: embed_crops(encoder, np.load(path, mmap_mode="r"), crop_landmarks, frames, progress, f"identity {name}")
+        for name, path in stacks.items()
+        if path.is_file()
+    }
+    info = json.loads((Path(edit_dir) / INFO_FILE).read_text())
+    render = json.loads((Path(render_dir) / RENDER_METRICS).read_text())
+    metrics: dict = {"frames": int(len(frames))}
+    plot = pd.DataFrame({"frame": frames})
+    for name, embedded in codes.items():
+        similarity = l2_normalise(embedded) @ video_identity
+        metrics[name] = _consistency(source, embedded) | {"id_sim_source": float(similarity.mean())}
+        plot[name] = similarity
+        if "reference_identity" in info:
+            reference = np.asarray(info["reference_identity"], dtype=np.float32)
+            metrics[name]["id_sim_reference"] = float((l2_normalise(embedded) @ reference).mean())
+    metrics["edit"]["background_psnr"] = render["background_psnr_mean"]
+    metrics["edit"]["background_psnr_min"] = render["background_psnr_min"]
+    metrics["edit"]["code_cosine_to_source"] = info["identity_cosine_to_source"]
+    with atomic_output_dir(out_dir) as work:
+        (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        plot.to_csv(work / PLOT_FILE, index=False)
+    return metrics
+
+
+def cli(
+    align_dir: Path = typer.Argument(..., help="Output folder of `dva align`."),
+    encode_dir: Path = typer.Argument(..., help="Output folder of `dva encode`."),
+    invert_dir: Path = typer.Argument(..., help="Output folder of `dva invert`."),
+    edit_dir: Path = typer.Argument(..., help="Output folder of `dva edit`."),
+    render_dir: Path = typer.Argument(..., help="Output folder of `dva render`."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir,
+                            stage_params(params).encode, progress=not quiet)
+    if not quiet:
+        typer.echo(json.dumps(metrics))

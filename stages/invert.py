@@ -1,0 +1,124 @@
+"""Invert every aligned frame of a video to its DDIM noise map, once, for all later edits.
+
+Conditioning: the video's mean identity and each frame's landmark feature. Outputs in OUT_DIR:
+`noise.npy` (N, 3, R, R) float32 noise maps (zeros for no_face frames), `recon.npy` (N, R, R, 3)
+uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise std) and
+`metrics.json` (means over the face frames: psnr, ssim, noise_std; DVC metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import typer
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from pipeline.atomic import atomic_output_dir
+from pipeline.checkpoint import load_model
+from pipeline.device import resolve_device
+from pipeline.diffusion import DDIMScheduler
+from pipeline.errors import InputError
+from pipeline.hashing import sha256_file
+from pipeline.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops
+from pipeline.params import InvertParams
+from pipeline.progress import progress_bar
+from pipeline.tables import write_table
+from pipeline.tracking import NO_FACE
+from stages.align import open_crops
+from stages.encode import read_features
+
+COMMAND = "invert"
+NOISE_FILE = "noise.npy"
+RECON_FILE = "recon.npy"
+TABLE_FILE = "frames.parquet"
+METRICS_FILE = "metrics.json"
+
+
+def frame_quality(reference: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame PSNR (dB) and SSIM of uint8 crops (B, R, R, 3), on [0, 1] images."""
+    ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(0, 3, 1, 2).float() / 255
+    dec = torch.from_numpy(np.ascontiguousarray(decoded)).permute(0, 3, 1, 2).float() / 255
+    psnr = peak_signal_noise_ratio(dec, ref, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(dec, ref, data_range=1.0, reduction="none")
+    return psnr.numpy(), ssim.numpy()
+
+
+def invert_video(
+    checkpoint: Path, align_dir: Path, encode_dir: Path, out_dir: Path, params: InvertParams, progress: bool = True
+) -> dict:
+    """Invert and re-decode all face frames of one video; returns its metrics."""
+    device = resolve_device(params.device)
+    model, model_meta = load_model(checkpoint, device)
+    crops, _ = open_crops(align_dir)
+    status, _, landmarks, identity, features_meta = read_features(encode_dir)
+    if crops.shape[1] != model.config.resolution:
+        raise InputError(align_dir, f"crops are {crops.shape[1]} px but the model is {model.config.resolution} px")
+    if features_meta["encoder"] != model_meta.get("identity_encoder", features_meta["encoder"]):
+        raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, the model expects "
+                         f"{model_meta['identity_encoder']}")
+    scheduler = DDIMScheduler()
+    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    count, size = len(status), crops.shape[1]
+    psnr, ssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(3))
+    batches = [frames[start : start + params.batch_size] for start in range(0, len(frames), params.batch_size)]
+    with atomic_output_dir(out_dir) as work:
+        noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32, shape=(count, 3, size, size))
+        recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+        for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"invert S={params.steps}"):
+            source = np.asarray(crops[rows])
+            z_face = face_codes(model, identity, landmarks[rows], device)
+            x_T = invert_frames(model, scheduler, to_model_images(source, device), z_face, params.steps)
+            decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, params.steps))
+            noise[rows] = x_T.cpu().numpy()
+            recon[rows] = decoded
+            psnr[rows], ssim[rows] = frame_quality(source, decoded)
+            noise_std[rows] = x_T.flatten(1).std(dim=1).cpu().numpy()
+        noise.flush()
+        recon.flush()
+        del noise, recon
+        metrics = {
+            "psnr": float(np.nanmean(psnr)),
+            "ssim": float(np.nanmean(ssim)),
+            "noise_std": float(np.nanmean(noise_std)),
+            "noise_std_min": float(np.nanmin(noise_std)),
+            "noise_std_max": float(np.nanmax(noise_std)),
+            "frames": int(len(frames)),
+            "steps": params.steps,
+        }
+        write_table(
+            work / TABLE_FILE,
+            {
+                "index": pa.array(np.arange(count), pa.int32()),
+                "status": pa.array(status, pa.string()),
+                "psnr": pa.array(psnr),
+                "ssim": pa.array(ssim),
+                "noise_std": pa.array(noise_std),
+            },
+            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "steps": params.steps,
+             "video_identity": identity.tolist()},
+        )
+        (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def cli(
+    checkpoint: Path = typer.Argument(..., help="Model file from `dva train` (model.safetensors)."),
+    align_dir: Path = typer.Argument(..., help="Output folder of `dva align`."),
+    encode_dir: Path = typer.Argument(..., help="Output folder of `dva encode`."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
+    steps: int = typer.Option(None, help="Override invert.steps (DDIM steps each way)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    settings = stage_params(params).invert
+    if steps is not None:
+        settings = settings.model_copy(update={"steps": steps})
+    metrics = invert_video(checkpoint, align_dir, encode_dir, out_dir, settings, progress=not quiet)
+    if not quiet:
+        typer.echo(json.dumps(metrics))

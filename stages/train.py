@@ -1,0 +1,155 @@
+"""Train the diffusion video autoencoder on the aligned crops and features of the training videos.
+
+Outputs in OUT_DIR: `model.safetensors` (EMA weights, UNet config and the sha256 of every
+training input in its metadata) and `live/` (dvclive curves: loss, l_simple, l_reg). A resumable
+training state is kept in STATE_FILE; rerunning after an interruption continues from it.
+Under `torchrun --nproc_per_node N dva train ...` training runs data-parallel (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from pipeline import checkpoint
+from pipeline.atomic import atomic_output_dir
+from pipeline.device import resolve_device
+from pipeline.errors import InputError
+from pipeline.hashing import sha256_file
+from pipeline.params import Params
+from pipeline.progress import progress_bar
+from pipeline.training import TrainingClip, build_config, train
+from pipeline.tracking import NO_FACE
+from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
+from stages.align import CROPS_FILE, MASKS_FILE, open_crops
+from stages.encode import TABLE_FILE as FEATURES_FILE
+from stages.encode import read_features
+
+COMMAND = "train"
+MODEL_FILE = "model.safetensors"
+
+
+def load_clip(align_dir: Path, encode_dir: Path) -> tuple[TrainingClip, dict[str, str], dict]:
+    """One video's training material, the sha256 of its input files and its encoder metadata."""
+    crops, masks = open_crops(align_dir)
+    status, _, landmarks, identity, metadata = read_features(encode_dir)
+    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    if len(frames) == 0:
+        raise InputError(align_dir, "no aligned face frames to train on")
+    hashes = {
+        str(Path(align_dir) / CROPS_FILE): sha256_file(Path(align_dir) / CROPS_FILE),
+        str(Path(align_dir) / MASKS_FILE): sha256_file(Path(align_dir) / MASKS_FILE),
+        str(Path(encode_dir) / FEATURES_FILE): sha256_file(Path(encode_dir) / FEATURES_FILE),
+    }
+    return TrainingClip(crops, masks, landmarks, identity, frames), hashes, metadata
+
+
+def _distributed() -> tuple[int, int, int]:
+    # torchrun sets these; a plain run is rank 0 of 1.
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def train_autoencoder(
+    params: Params, data_root: Path, out_dir: Path, state_file: Path, progress: bool = True, quiet: bool = False
+) -> dict:
+    """Train on `params.train_videos` read from `data_root/{align,encode}/<id>`; returns a summary."""
+    data_root = Path(data_root)
+    clips, hashes, encoders = [], {}, set()
+    for video_id in params.train_videos:
+        clip, clip_hashes, metadata = load_clip(data_root / "align" / video_id, data_root / "encode" / video_id)
+        clips.append(clip)
+        hashes |= clip_hashes
+        encoders.add((metadata["encoder"], int(metadata["identity_dim"]), metadata.get("crop_size")))
+    if len(encoders) != 1:
+        raise InputError(data_root / "encode", f"training videos were encoded differently: {sorted(encoders)}")
+    encoder, id_dim, crop_size = encoders.pop()
+    config = build_config(params.model, id_dim)
+    if crop_size != config.resolution:
+        raise InputError(data_root / "align", f"crops are {crop_size} px but the model is {config.resolution} px")
+    rank, world_size, local_rank = _distributed()
+    device = resolve_device(params.train.device)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    parameters = count_parameters(build_model_for_count(config))
+    if rank == 0 and not quiet:
+        typer.echo(f"UNet '{params.model.preset}' {config.resolution}px: {parameters:,} parameters on {device}")
+    with atomic_output_dir(out_dir) as work:
+        live = _live(work / "live") if rank == 0 else None
+        started = time.perf_counter()
+        result = train(
+            clips, config, params.train, device, Path(state_file), hashes,
+            log=(lambda step, record: _log(live, step, record)) if live else None,
+            progress=(lambda steps: progress_bar(steps, enabled=progress and rank == 0, total=len(steps), desc="train")),
+            distributed=(rank, world_size),
+        )
+        elapsed = time.perf_counter() - started
+        summary = {
+            "parameters": parameters,
+            "start_step": result.start_step,
+            "steps": result.steps,
+            "images_per_second": (result.steps - result.start_step) * params.train.videos_per_batch
+            * params.train.frames_per_video * world_size / max(elapsed, 1e-9),
+            "final": result.history[-1] if result.history else {},
+        }
+        if rank == 0:
+            live.end()
+            checkpoint.save_model(
+                work / MODEL_FILE,
+                result.model,
+                {
+                    "identity_encoder": encoder,
+                    "train_videos": json.dumps(params.train_videos),
+                    "training_data_sha256": json.dumps(hashes, sort_keys=True),
+                    "train_params": params.train.model_dump_json(),
+                    "steps": str(result.steps),
+                },
+            )
+            (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def build_model_for_count(config: UNetConfig) -> DiffusionVideoAutoencoder:
+    """A meta-device model, to count parameters without allocating them."""
+    with torch.device("meta"):
+        return DiffusionVideoAutoencoder(config)
+
+
+def _live(directory: Path):
+    from dvclive import Live
+
+    return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def _log(live, step: int, record: dict[str, float]) -> None:
+    live.step = step
+    for name, value in record.items():
+        live.log_metric(f"train/{name}", value)
+
+
+def cli(
+    out_dir: Path = typer.Argument(..., help="Output folder for the model and curves (replaced when complete)."),
+    data_root: Path = typer.Option(Path("data"), help="Folder holding align/<id> and encode/<id>."),
+    state_file: Path = typer.Option(Path("data/train_state/state.safetensors"), help="Resumable training state."),
+    steps: int = typer.Option(None, help="Override train.steps."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    settings = stage_params(params)
+    if steps is not None:
+        settings = settings.model_copy(update={"train": settings.train.model_copy(update={"steps": steps})})
+    summary = train_autoencoder(settings, data_root, out_dir, state_file, progress=not quiet, quiet=quiet)
+    if not quiet:
+        typer.echo(json.dumps(summary))

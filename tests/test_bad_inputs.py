@@ -1,0 +1,233 @@
+"""What users see when inputs are bad, through the real `dva` command, and what extract keeps of
+inputs that are fine but unusual (variable frame rate, exact pixels, audio).
+
+For a bad input every stage must exit non-zero with ONE line on stderr that names the file, no
+traceback, and no output folder (DVC would otherwise cache a half-written artifact).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.video_io import read_lossless_frames
+from stages.extract import extract_video
+
+
+@dataclass
+class CliCase:
+    """One `dva` run on a bad input: what to look for in its output, and where it must not write."""
+
+    args: list[str]
+    names: list[str]  # strings stderr must contain (the file name, or the offending key)
+    out: Path
+    process: subprocess.Popen | None = None
+
+
+def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
+    def out(name: str) -> Path:
+        return root / f"out_{name}"
+
+    def extract_case(name: str, bad: Path) -> CliCase:
+        return CliCase(["extract", str(bad), str(out(name))], [bad.name], out(name))
+
+    (root / "notes.mp4").write_text("this is a text file, not a video\n")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "a_folder.mp4").mkdir()
+    fast = tools.faststart_copy(sample, root / "faststart.mp4")
+    cases = {
+        "missing": extract_case("missing", root / "does_not_exist.mp4"),
+        "zero_bytes": extract_case("zero_bytes", root / "empty.mp4"),
+        "text_file": extract_case("text_file", root / "notes.mp4"),
+        "folder": extract_case("folder", root / "a_folder.mp4"),
+        "audio_only": extract_case("audio_only", tools.write_audio_only(root / "audio_only.mp4")),
+        # The sample keeps its index at the end: any cut loses it, and opening fails.
+        "cut_50": extract_case("cut_50", tools.truncated_copy(sample, root / "cut_50.mp4", 0.5)),
+    }
+    # With the index first, a cut keeps the index and loses frames: failure comes at open (2%),
+    # after some frames were already written (50%), or just before the end (97%).
+    for percent in (2, 50, 97):
+        name = f"faststart_cut_{percent}"
+        cases[name] = extract_case(name, tools.truncated_copy(fast, root / f"{name}.mp4", percent / 100))
+
+    # A video in which no face is ever found: extract succeeds, align must fail cleanly.
+    noise = tools.write_video(root / "no_face.mp4", tools.noise_frames(10, 96, 80), codec="mpeg4")
+    extract_video(noise, root / "no_face_extract", progress=False)
+    cases["no_face_align"] = CliCase(
+        ["align", str(root / "no_face_extract"), str(out("no_face_align"))], ["no_face_extract"], out("no_face_align")
+    )
+    # Stages pointed at a folder that is not the previous stage's output.
+    (root / "not_an_artifact").mkdir()
+    cases["align_wrong_folder"] = CliCase(
+        ["align", str(root / "not_an_artifact"), str(out("align_wrong_folder"))],
+        ["not_an_artifact"],
+        out("align_wrong_folder"),
+    )
+    cases["encode_wrong_folder"] = CliCase(
+        ["encode", str(root / "not_an_artifact"), str(out("encode_wrong_folder"))],
+        ["not_an_artifact"],
+        out("encode_wrong_folder"),
+    )
+    # A params file with a typo'd key fails before anything is decoded.
+    bad_params = root / "bad_params.yaml"
+    bad_params.write_text("extract:\n  max_frames: 3\nalign:\n  bogus: 1\n")
+    cases["unknown_param"] = CliCase(
+        ["extract", str(sample), str(out("unknown_param")), "--params", str(bad_params)],
+        ["align.bogus", "bad_params.yaml"],
+        out("unknown_param"),
+    )
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, sample_clip, video_tools, dva_executable) -> dict[str, CliCase]:
+    # Every `dva` start pays a few seconds of imports, so all runs are started together here and
+    # each test waits for its own; the runs are independent (separate inputs and outputs).
+    root = tmp_path_factory.mktemp("bad_inputs")
+    cases = _cases(root, sample_clip, video_tools)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    for case in cases.values():
+        case.process = subprocess.Popen(
+            [dva_executable, *case.args, "--quiet"],
+            cwd=root,  # no params.yaml there: defaults, except where --params says otherwise
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    yield cases
+    for case in cases.values():
+        if case.process.poll() is None:
+            case.process.kill()
+            case.process.wait()
+
+
+CASE_NAMES = [
+    "missing",
+    "zero_bytes",
+    "text_file",
+    "folder",
+    "audio_only",
+    "cut_50",
+    "faststart_cut_2",
+    "faststart_cut_50",
+    "faststart_cut_97",
+    "no_face_align",
+    "align_wrong_folder",
+    "encode_wrong_folder",
+    "unknown_param",
+]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_fails_with_one_line_and_no_output(cli_runs, name):
+    case = cli_runs[name]
+    stdout, stderr = case.process.communicate(timeout=300)
+    assert case.process.returncode != 0, f"dva {' '.join(case.args)} succeeded: {stdout}"
+    assert "Traceback" not in stderr and "Traceback" not in stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for expected in case.names:
+        assert expected in lines[0], lines[0]
+    assert not case.out.exists()
+    # Nor a temporary sibling left behind by an interrupted write.
+    leftovers = [path.name for path in case.out.parent.iterdir() if path.name.startswith(f".{case.out.name}")]
+    assert leftovers == []
+
+
+def test_cli_case_list_is_complete(cli_runs):
+    # Guards against a case being added to the fixture but never checked.
+    assert sorted(cli_runs) == sorted(CASE_NAMES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unusual but valid inputs: extract must keep what render needs to rebuild the video.
+
+VFR_PTS = [0, 40, 70, 150, 190, 200, 260, 330, 335, 400]
+
+
+@pytest.mark.parametrize("suffix", ["mkv", "mp4"])
+def test_extract_keeps_variable_frame_rate_timestamps(tmp_path, video_tools, suffix):
+    source = video_tools.write_video(
+        tmp_path / f"vfr.{suffix}", video_tools.noise_frames(len(VFR_PTS), 64, 48), pts=VFR_PTS, time_base=Fraction(1, 1000)
+    )
+    extract_video(source, tmp_path / "out", progress=False)
+    table = pq.read_table(tmp_path / "out" / "frames.parquet")
+    times = table.column("time").to_numpy()
+    # Presentation times are exactly what was written (render re-encodes at these times).
+    np.testing.assert_allclose(times, np.array(VFR_PTS) / 1000, rtol=0, atol=1e-9)
+    # pts are in the container's time base as recorded in the table (mp4 rescales to its own).
+    from pipeline.video_io import probe
+
+    time_base = Fraction(probe(source).time_base)
+    pts = table.column("pts").to_pylist()
+    assert [Fraction(p) * time_base for p in pts] == [Fraction(p, 1000) for p in VFR_PTS]
+    if suffix == "mkv":
+        assert pts == VFR_PTS  # Matroska keeps the 1/1000 time base: the very same numbers
+
+
+def test_extract_frames_are_bit_exact_for_a_lossless_source(tmp_path, video_tools):
+    # Odd frame size on purpose: chroma subsampling or padding would show up as changed pixels.
+    source_frames = video_tools.noise_frames(6, 37, 21, seed=5)
+    source = video_tools.write_video(
+        tmp_path / "lossless.mkv", source_frames, codec="libx264rgb", pix_fmt="rgb24", options={"qp": "0"}
+    )
+    meta = extract_video(source, tmp_path / "out", progress=False)
+    assert (meta.width, meta.height, meta.frame_count) == (37, 21, 6)
+    extracted = list(read_lossless_frames(tmp_path / "out" / "frames.mkv"))
+    assert len(extracted) == len(source_frames)
+    for original, copy in zip(source_frames, extracted):
+        np.testing.assert_array_equal(copy, original)
+
+
+def test_extracted_sample_matches_pyav_decode_bit_for_bit(sample_run, sample_clip):
+    # The frames file must hold exactly what decoding the source gives, with no colour rounding.
+    extracted = list(read_lossless_frames(sample_run.extract / "frames.mkv"))
+    with av.open(str(sample_clip)) as container:
+        reference = []
+        for frame in container.decode(video=0):
+            reference.append(frame.to_ndarray(format="rgb24"))
+            if len(reference) == len(extracted):
+                break
+    assert len(extracted) == len(reference) > 0
+    for expected, actual in zip(reference, extracted):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_extract_records_audio_stream(tmp_path, video_tools):
+    source = video_tools.write_video(tmp_path / "talk.mp4", video_tools.noise_frames(10, 64, 48), audio_seconds=0.4)
+    meta = extract_video(source, tmp_path / "out", progress=False)
+    assert meta.has_audio
+    assert (meta.audio_codec, meta.audio_sample_rate, meta.audio_channels) == ("aac", 44100, 2)
+    assert meta.frame_count == 10
+
+
+def test_max_frames_stops_early(tmp_path, sample_clip):
+    meta = extract_video(sample_clip, tmp_path / "out", max_frames=5, progress=False)
+    assert meta.frame_count == 5
+    assert pq.read_table(tmp_path / "out" / "frames.parquet").num_rows == 5
+    assert len(list(read_lossless_frames(tmp_path / "out" / "frames.mkv"))) == 5
+
+
+def test_failed_rerun_keeps_the_previous_output(tmp_path, sample_clip, video_tools):
+    # Re-running extract into an existing folder with a broken input must not destroy it.
+    from pipeline.errors import InputError
+
+    out = tmp_path / "out"
+    extract_video(sample_clip, out, max_frames=3, progress=False)
+    before = sorted(path.name for path in out.iterdir())
+    fast = video_tools.faststart_copy(sample_clip, tmp_path / "fast.mp4")
+    broken = video_tools.truncated_copy(fast, tmp_path / "broken.mp4", 0.5)
+    with pytest.raises(InputError, match="broken.mp4"):
+        extract_video(broken, out, progress=False)
+    assert sorted(path.name for path in out.iterdir()) == before
+    assert pq.read_table(out / "frames.parquet").num_rows == 3
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".out")] == []

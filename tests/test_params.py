@@ -1,0 +1,151 @@
+"""`params.yaml` validation: a mistake must stop the run with a message naming the key, before any
+stage spends minutes on the wrong settings, and video entries must not reach outside data/."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import ParamsError
+from pipeline.params import Params, load_params, parse_params
+
+from .conftest import REPO_ROOT
+
+
+def test_defaults_are_valid():
+    params = parse_params({})
+    assert params == Params()
+    assert params.videos == {}
+    assert params.model.crop_size == 64  # tiny preset
+    assert parse_params({"model": {"preset": "paper"}}).model.crop_size == 256
+    assert parse_params({"model": {"resolution": 128}}).model.crop_size == 128
+
+
+def test_repository_params_yaml_validates():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert "carphone" in params.videos
+    assert params.videos["carphone"].path.startswith("data/")
+    assert params.train_videos  # defaults to every listed video
+
+
+def test_unknown_key_is_rejected_by_name():
+    with pytest.raises(ParamsError, match=r"align\.bogus: unknown key"):
+        parse_params({"align": {"bogus": 1}})
+    with pytest.raises(ParamsError, match=r"aling: unknown key"):  # a misspelt section
+        parse_params({"aling": {"max_gap": 3}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ParamsError, match=r"align\.max_gap"):
+        parse_params({"align": {"max_gap": "five"}})
+    with pytest.raises(ParamsError, match=r"align\.backend"):
+        parse_params({"align": {"backend": "mediapipe"}})
+    with pytest.raises(ParamsError, match=r"align\.mask_feather"):
+        parse_params({"align": {"mask_feather": 3.0}})  # out of range
+    with pytest.raises(ParamsError, match=r"model\.resolution"):
+        parse_params({"model": {"resolution": 48}})  # not a power of two
+
+
+@pytest.mark.parametrize("key", ["smooth_center_sigma", "detection_threshold"])
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_numbers_are_rejected(key, value, tmp_path):
+    # YAML spells them .inf/.nan; an infinite sigma crashed the smoother and a NaN threshold
+    # silently detected nothing.
+    path = tmp_path / "params.yaml"
+    path.write_text(f"align:\n  {key}: {value}\n")
+    with pytest.raises(ParamsError, match=rf"align\.{key}"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("video_id", ["../x", "/abs", "a/b", ".hidden", ""])
+def test_video_ids_that_are_paths_are_rejected(video_id):
+    # Ids become folder names under data/extract/ etc.; a path-like id would write elsewhere.
+    with pytest.raises(ParamsError, match="video id"):
+        parse_params({"videos": {video_id: {"path": "data/raw/x.mp4"}}})
+
+
+@pytest.mark.parametrize("path", ["data/../x.mp4", "../data/x.mp4", "/etc/passwd", "raw/x.mp4", "data/raw/../../x"])
+def test_video_paths_outside_data_are_rejected(path):
+    with pytest.raises(ParamsError, match=r"videos\.clip\.path"):
+        parse_params({"videos": {"clip": {"path": path}}})
+
+
+def test_video_path_is_normalised():
+    assert parse_params({"videos": {"clip": {"path": "data/./raw//x.mp4"}}}).videos["clip"].path == "data/raw/x.mp4"
+
+
+def test_train_videos_must_name_listed_videos():
+    videos = {"a": {"path": "data/raw/a.mp4"}, "b": {"path": "data/raw/b.mp4"}}
+    assert parse_params({"videos": videos, "train": {"videos": ["b"]}}).train_videos == ["b"]
+    assert parse_params({"videos": videos}).train_videos == ["a", "b"]
+    with pytest.raises(ParamsError, match=r"train\.videos.*'c'"):
+        parse_params({"videos": videos, "train": {"videos": ["b", "c"]}})
+
+
+def test_load_params_reports_file_problems_as_params_errors(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("align: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(listing)
+
+
+def test_empty_params_file_is_rejected_not_crashing(tmp_path):
+    # An empty file loads as None; it must be a clear ParamsError, not an AttributeError.
+    empty = tmp_path / "params.yaml"
+    empty.write_text("")
+    with pytest.raises(ParamsError):
+        load_params(empty)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fuzz: any value for a known key either validates or is a ParamsError naming that key.
+
+FUZZED_KEYS = [
+    ("align", "max_gap"),
+    ("align", "mask_feather"),
+    ("align", "backend"),
+    ("align", "smooth_vector_sigma"),
+    ("extract", "max_frames"),
+    ("model", "resolution"),
+    ("train", "lr"),
+    ("train", "videos"),
+]
+
+yaml_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(FUZZED_KEYS), value=yaml_values)
+def test_fuzzed_values_validate_or_name_the_key(key, value):
+    section, name = key
+    raw = {"videos": {"clip": {"path": "data/raw/clip.mp4"}}, section: {name: value}}
+    try:
+        params = parse_params(raw)
+    except ParamsError as exc:
+        assert f"{section}.{name}" in str(exc)
+        assert "\n" not in str(exc)  # printed as one CLI line
+        return
+    # Accepted values keep the declared meaning (a number where a number is expected, etc.).
+    stored = getattr(getattr(params, section), name)
+    if (section, name) == ("model", "resolution") and stored is not None:
+        assert stored >= 16 and stored & (stored - 1) == 0
+    if (section, name) == ("train", "lr"):
+        assert isinstance(stored, float) and 0 < stored < float("inf")
+    # A validated config survives a YAML round trip unchanged (what `dvc params diff` compares).
+    assert parse_params(yaml.safe_load(yaml.safe_dump(params.model_dump(mode="json")))) == params
