@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import DvaError
+
 
 def _temporary_sibling(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -29,6 +31,8 @@ def atomic_output_dir(final: Path) -> Iterator[Path]:
     partial artifact is never visible under its final name.
     """
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise DvaError(f"{final}: output folder path is an existing file; refusing to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(final)
     temporary.mkdir()

@@ -44,8 +44,9 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], str]:
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: str) -> dict:
     state: dict[int, dict[str, torch.Tensor]] = {}
+    # Keys arrive without their "optim." prefix (see `_subset`): "<param index>.<state name>".
     for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
+        index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     return {"state": state, "param_groups": json.loads(groups)}
 

@@ -153,12 +153,20 @@ def iter_frames(path: Path, max_frames: int | None = None) -> Iterator[DecodedFr
         stream.thread_type = "AUTO"
         declared = int(stream.frames or 0)
         time_base = stream.time_base or Fraction(1, 1)
+        rate = stream.average_rate or stream.guessed_rate
+        # One frame period in time-base ticks (not one tick: raw H.264 uses a 1/1200000 time base).
+        period = max(1, round(1 / (rate * time_base))) if rate else 1
         index = 0
         previous_pts = None
         try:
             for frame in container.decode(stream):
-                # Frames without pts (raw streams) get one tick per frame after the last.
-                pts = frame.pts if frame.pts is not None else (previous_pts + 1 if previous_pts is not None else 0)
+                # Frames without pts (raw streams) follow the last one by one frame duration.
+                if frame.pts is not None:
+                    pts = frame.pts
+                elif previous_pts is None:
+                    pts = 0
+                else:
+                    pts = previous_pts + (getattr(frame, "duration", None) or period)
                 previous_pts = pts
                 rgb = _apply_rotation(frame.to_ndarray(format="rgb24"), _rotation_of(frame))
                 yield DecodedFrame(index=index, pts=int(pts), time=float(pts * time_base), rgb=rgb)
@@ -241,13 +249,16 @@ def copy_audio(source: Path, destination: Path) -> bool:
         if not container.streams.audio:
             return False
         audio = container.streams.audio[0]
-        with av.open(str(destination), mode="w", format="matroska") as output:
-            stream = output.add_stream_from_template(audio)
-            for packet in container.demux(audio):
-                if packet.dts is None or not packet.size:
-                    continue
-                packet.stream = stream
-                output.mux(packet)
+        try:
+            with av.open(str(destination), mode="w", format="matroska") as output:
+                stream = output.add_stream_from_template(audio)
+                for packet in container.demux(audio):
+                    if packet.dts is None or not packet.size:
+                        continue
+                    packet.stream = stream
+                    output.mux(packet)
+        except av.error.FFmpegError as exc:
+            raise InputError(source, f"audio stream cannot be copied ({_describe(exc)})") from None
     return True
 
 

@@ -25,7 +25,6 @@ from pipeline.tracking import NO_FACE, FaceTrack, track_face
 from pipeline.video_io import VideoMeta, read_lossless_frames
 from stages.extract import FRAMES_FILE, META_FILE
 
-COMMAND = "align"
 CROPS_FILE = "crops.npy"
 MASKS_FILE = "masks.npy"
 TABLE_FILE = "align.parquet"

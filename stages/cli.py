@@ -12,16 +12,6 @@ import typer
 from pipeline.errors import DvaError
 from pipeline.params import Params, load_params
 
-app = typer.Typer(
-    help="Temporally consistent face video editing with Diffusion Video Autoencoders.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="Validated parameters file.")
-QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-
 
 def stage_params(path: Path | None) -> Params:
     """Parameters for a stage run: the given file, or defaults when it does not exist."""
@@ -47,20 +37,42 @@ def one_line_errors(function: Callable) -> Callable:
     return wrapper
 
 
-def register(name: str, function: Callable, help_text: str) -> None:
-    """Add a stage's CLI function as `dva NAME`."""
-    app.command(name, help=help_text)(one_line_errors(function))
+# Command name -> module; only the module a command needs is imported (torch costs seconds).
+STAGE_MODULES = {
+    "edit": "stages.edit_video",
+    "sample": "stages.sample",
+    "extract": "stages.extract",
+    "align": "stages.align",
+    "encode": "stages.encode",
+    "train": "stages.train",
+    "fit-classifiers": "stages.fit_classifiers",
+    "invert": "stages.invert",
+    "edit-frames": "stages.edit",
+    "render": "stages.render",
+    "evaluate": "stages.evaluate",
+}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    from stages import align, edit, encode, evaluate, extract, fit_classifiers, invert, render, sample, train
+    import importlib
 
-    stages = (sample, extract, align, encode, train, fit_classifiers, invert, edit, render, evaluate)
-    for module in stages:
-        register(module.COMMAND, module.cli, module.__doc__.strip().splitlines()[0])
-    app(prog_name="dva")
+    arguments = sys.argv[1:] if argv is None else argv
+    wanted = [arguments[0]] if arguments and arguments[0] in STAGE_MODULES else list(STAGE_MODULES)
+    app = typer.Typer(
+        help="Temporally consistent face video editing with Diffusion Video Autoencoders.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name in wanted:
+        module = importlib.import_module(STAGE_MODULES[name])
+        app.command(name, help=module.__doc__.strip().splitlines()[0])(one_line_errors(module.cli))
+    if len(wanted) == 1:
+        # A Typer app with a single command would otherwise take the command name as an argument.
+        app.command("help", hidden=True)(lambda: None)
+    app(args=arguments, prog_name="dva")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

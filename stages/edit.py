@@ -43,7 +43,6 @@ from stages.encode import read_features
 from stages.invert import NOISE_FILE, RECON_FILE
 from stages.invert import TABLE_FILE as INVERT_TABLE
 
-COMMAND = "edit"
 EDITED_FILE = "edited.npy"
 ALPHA_FILE = "alpha.npy"
 BASELINE_FILE = "baseline.npy"

@@ -24,7 +24,6 @@ from pipeline.errors import InputError
 from stages.align import CROPS_FILE, MASKS_FILE, open_crops, read_alignment
 from stages.align import TABLE_FILE as ALIGN_TABLE_FILE
 
-COMMAND = "encode"
 TABLE_FILE = "features.parquet"
 BATCH = 32
 

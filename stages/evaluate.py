@@ -29,7 +29,6 @@ from stages.encode import read_features
 from stages.invert import RECON_FILE
 from stages.render import METRICS_FILE as RENDER_METRICS
 
-COMMAND = "evaluate"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "identity.csv"
 BATCH = 32

@@ -18,7 +18,6 @@ from pipeline.progress import progress_bar
 from pipeline.tables import write_table
 from pipeline.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
 
-COMMAND = "extract"
 FRAMES_FILE = "frames.mkv"
 TABLE_FILE = "frames.parquet"
 META_FILE = "meta.json"

@@ -29,7 +29,6 @@ from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams
 from pipeline.progress import progress_bar
 from pipeline.still_faces import align_still, read_image
 
-COMMAND = "fit-classifiers"
 CLASSIFIER_FILE = "classifier.safetensors"
 CARD_FILE = "card.json"
 METRICS_FILE = "metrics.json"

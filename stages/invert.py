@@ -31,7 +31,6 @@ from pipeline.tracking import NO_FACE
 from stages.align import open_crops
 from stages.encode import read_features
 
-COMMAND = "invert"
 NOISE_FILE = "noise.npy"
 RECON_FILE = "recon.npy"
 TABLE_FILE = "frames.parquet"

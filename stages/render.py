@@ -32,7 +32,6 @@ from stages.extract import AUDIO_FILE, FRAMES_FILE, META_FILE
 from stages.extract import TABLE_FILE as FRAME_TABLE
 from stages.invert import RECON_FILE
 
-COMMAND = "render"
 VIDEO_FILE = "edited.mp4"
 SIDE_BY_SIDE_FILE = "side_by_side.mp4"
 CONTACT_SHEET_FILE = "contact_sheet.png"

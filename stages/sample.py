@@ -15,7 +15,6 @@ import typer
 from pipeline.atomic import atomic_output_file
 from pipeline.errors import DvaError
 
-COMMAND = "sample"
 SAMPLE_RELATIVE = Path("datasets/data/carphone_pristine.mp4")
 
 

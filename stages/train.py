@@ -31,7 +31,6 @@ from stages.align import CROPS_FILE, MASKS_FILE, open_crops
 from stages.encode import TABLE_FILE as FEATURES_FILE
 from stages.encode import read_features
 
-COMMAND = "train"
 MODEL_FILE = "model.safetensors"
 
 

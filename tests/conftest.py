@@ -187,3 +187,66 @@ def video_tools():
         faststart_copy = staticmethod(faststart_copy)
 
     return Tools
+
+
+# ----------------------------------------------------------------------------------------------
+# A micro autoencoder trained on the trimmed sample, and its inversion
+
+
+# Small enough to train in about a minute on a shared CPU, big enough that its codes steer the decode.
+MICRO_PARAMS = {
+    "videos": {"sample": {"path": "data/raw/sample.mp4"}},
+    "model": {
+        "preset": "tiny", "resolution": CROP_SIZE, "base_channels": 16, "channel_mults": [1, 2],
+        "attention_resolutions": [], "embed_dim": 64,
+    },
+    "train": {
+        "steps": 40, "videos_per_batch": 1, "frames_per_video": 4, "lr": 1e-3, "ema_decay": 0.9,
+        "checkpoint_every": 1000, "device": "cpu",
+    },
+    "invert": {"steps": 5, "device": "cpu"},
+    "edit": {"device": "cpu"},
+}
+
+
+@dataclass(frozen=True)
+class MicroModel:
+    """`dva train` output on the sample: the model file and the raw params it was trained with."""
+
+    checkpoint: Path
+    params: dict  # the raw params mapping it was trained with (shared: use `settings` to change it)
+    data_root: Path  # holds align/sample and encode/sample (links to the sample run)
+
+    def settings(self, **sections):
+        """Validated `Params` of the micro model with whole top-level sections replaced or added."""
+        import copy
+
+        from pipeline.params import parse_params
+
+        return parse_params(copy.deepcopy(self.params) | copy.deepcopy(sections))
+
+
+@pytest.fixture(scope="session")
+def micro_model(sample_run, tmp_path_factory) -> MicroModel:
+    from stages.train import train_autoencoder
+
+    root = tmp_path_factory.mktemp("micro")
+    data = root / "data"
+    # train_autoencoder reads data_root/{align,encode}/<video id>.
+    for stage, folder in (("align", sample_run.align), ("encode", sample_run.encode)):
+        (data / stage).mkdir(parents=True)
+        (data / stage / "sample").symlink_to(folder, target_is_directory=True)
+    model = MicroModel(checkpoint=root / "train" / "model.safetensors", params=MICRO_PARAMS, data_root=data)
+    train_autoencoder(model.settings(), data, root / "train", root / "state.safetensors", progress=False, quiet=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def micro_inversion(micro_model, sample_run) -> Path:
+    """`dva invert` output (noise.npy, recon.npy, frames.parquet, metrics.json) of the sample, S=5."""
+    from stages.invert import invert_video
+
+    out = micro_model.checkpoint.parent.parent / "invert"
+    invert_video(micro_model.checkpoint, sample_run.align, sample_run.encode, out,
+                 micro_model.settings().invert, progress=False)
+    return out

@@ -1,5 +1,6 @@
-"""What users see when inputs are bad, through the real `dva` command, and what extract keeps of
-inputs that are fine but unusual (variable frame rate, exact pixels, audio).
+"""What users see when inputs are bad, through the `dva` command line (its entry point in-process,
+plus the installed console script for a few cases), and what extract keeps of inputs that are
+fine but unusual (variable frame rate, raw streams without timestamps, exact pixels, audio).
 
 For a bad input every stage must exit non-zero with ONE line on stderr that names the file, no
 traceback, and no output folder (DVC would otherwise cache a half-written artifact).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +31,6 @@ class CliCase:
     args: list[str]
     names: list[str]  # strings stderr must contain (the file name, or the offending key)
     out: Path
-    process: subprocess.Popen | None = None
 
 
 def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
@@ -88,26 +89,8 @@ def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
 
 
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory, sample_clip, video_tools, dva_executable) -> dict[str, CliCase]:
-    # Every `dva` start pays a few seconds of imports, so all runs are started together here and
-    # each test waits for its own; the runs are independent (separate inputs and outputs).
-    root = tmp_path_factory.mktemp("bad_inputs")
-    cases = _cases(root, sample_clip, video_tools)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    for case in cases.values():
-        case.process = subprocess.Popen(
-            [dva_executable, *case.args, "--quiet"],
-            cwd=root,  # no params.yaml there: defaults, except where --params says otherwise
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    yield cases
-    for case in cases.values():
-        if case.process.poll() is None:
-            case.process.kill()
-            case.process.wait()
+def bad_cases(tmp_path_factory, sample_clip, video_tools) -> dict[str, CliCase]:
+    return _cases(tmp_path_factory.mktemp("bad_inputs"), sample_clip, video_tools)
 
 
 CASE_NAMES = [
@@ -125,13 +108,15 @@ CASE_NAMES = [
     "encode_wrong_folder",
     "unknown_param",
 ]
+# Cases also run through the installed console script in a separate process. Each `dva` start
+# costs several CPU-seconds of imports (torch, via the train stage), so every case runs through
+# the same entry point in-process (stderr captured at the file-descriptor level, so FFmpeg's own
+# C-level logging would be seen too), and these representatives prove the real command matches.
+SUBPROCESS_CASES = ["faststart_cut_50", "unknown_param"]
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_bad_input_fails_with_one_line_and_no_output(cli_runs, name):
-    case = cli_runs[name]
-    stdout, stderr = case.process.communicate(timeout=300)
-    assert case.process.returncode != 0, f"dva {' '.join(case.args)} succeeded: {stdout}"
+def assert_clean_failure(case: CliCase, returncode: int, stdout: str, stderr: str) -> None:
+    assert returncode not in (0, None), f"dva {' '.join(case.args)} succeeded: {stdout}"
     assert "Traceback" not in stderr and "Traceback" not in stdout
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -143,9 +128,51 @@ def test_bad_input_fails_with_one_line_and_no_output(cli_runs, name):
     assert leftovers == []
 
 
-def test_cli_case_list_is_complete(cli_runs):
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_fails_with_one_line_and_no_output(bad_cases, name, monkeypatch, capfd):
+    from stages.cli import main
+
+    case = bad_cases[name]
+    monkeypatch.chdir(case.out.parent)  # no params.yaml there: defaults unless --params is given
+    monkeypatch.setattr(sys, "argv", ["dva", *case.args, "--quiet"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stdout, stderr = capfd.readouterr()
+    assert_clean_failure(case, exit_info.value.code, stdout, stderr)
+
+
+def test_case_list_is_complete(bad_cases):
     # Guards against a case being added to the fixture but never checked.
-    assert sorted(cli_runs) == sorted(CASE_NAMES)
+    assert sorted(bad_cases) == sorted(CASE_NAMES)
+
+
+@pytest.fixture(scope="module")
+def console_runs(bad_cases, dva_executable) -> dict[str, tuple[int, str, str]]:
+    # Started together, waited for together: independent inputs and outputs.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    processes = {
+        name: subprocess.Popen(
+            [dva_executable, *bad_cases[name].args, "--quiet"],
+            cwd=bad_cases[name].out.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in SUBPROCESS_CASES
+    }
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = (process.returncode, stdout, stderr)
+    return results
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_console_script_fails_with_one_line_and_no_output(bad_cases, console_runs, name):
+    returncode, stdout, stderr = console_runs[name]
+    assert_clean_failure(bad_cases[name], returncode, stdout, stderr)
+    assert returncode == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +199,16 @@ def test_extract_keeps_variable_frame_rate_timestamps(tmp_path, video_tools, suf
     assert [Fraction(p) * time_base for p in pts] == [Fraction(p, 1000) for p in VFR_PTS]
     if suffix == "mkv":
         assert pts == VFR_PTS  # Matroska keeps the 1/1000 time base: the very same numbers
+
+
+def test_extract_times_a_raw_h264_stream_at_its_frame_rate(tmp_path, video_tools):
+    # A bare .h264 stream has no timestamps at all; its frames must still be 1/fps apart (they
+    # were one 1/1200000-s tick apart, which render would turn into a microsecond-long video).
+    source = video_tools.write_video(tmp_path / "bare.h264", video_tools.noise_frames(6, 64, 48), rate=25)
+    meta = extract_video(source, tmp_path / "out", progress=False)
+    times = pq.read_table(tmp_path / "out" / "frames.parquet").column("time").to_numpy()
+    np.testing.assert_allclose(times, np.arange(6) / 25, atol=1e-9)
+    assert meta.duration == pytest.approx(6 / 25)
 
 
 def test_extract_frames_are_bit_exact_for_a_lossless_source(tmp_path, video_tools):
@@ -208,6 +245,14 @@ def test_extract_records_audio_stream(tmp_path, video_tools):
     assert meta.has_audio
     assert (meta.audio_codec, meta.audio_sample_rate, meta.audio_channels) == ("aac", 44100, 2)
     assert meta.frame_count == 10
+    # The audio itself is kept beside the frames for render to put back.
+    with av.open(str(tmp_path / "out" / "audio.mka")) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert samples == pytest.approx(0.4 * 44100, abs=2048)
+
+
+def test_extract_of_a_silent_video_writes_no_audio_file(sample_run):
+    assert not (sample_run.extract / "audio.mka").exists()
 
 
 def test_max_frames_stops_early(tmp_path, sample_clip):

@@ -105,7 +105,7 @@ def _app() -> typer.Typer:
     from stages.cli import one_line_errors
 
     app = typer.Typer()
-    app.command(stage.COMMAND)(one_line_errors(stage.cli))
+    app.command("fit-classifiers")(one_line_errors(stage.cli))
     return app
 
 

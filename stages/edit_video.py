@@ -1,0 +1,122 @@
+"""Edit one video outside DVC: extract, align, encode, invert, edit and render in one command.
+
+Intermediates are cached in a work folder keyed by the video's content and the parameters each
+step depends on, so a second edit of the same video reuses its alignment and its inversion (the
+expensive part) and only decodes and renders again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import typer
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.errors import DvaError, InputError, ParamsError
+from pipeline.hashing import sha256_file
+from pipeline.params import EditSpec, Params
+from stages.align import align_video
+from stages.edit import edit_video
+from stages.encode import encode_video
+from stages.evaluate import evaluate_edit
+from stages.extract import extract_video
+from stages.invert import invert_video
+from stages.render import VIDEO_FILE, render_video
+
+
+
+def _key(*parts: object) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def parse_edit_spec(text: str, params: Params) -> tuple[str, EditSpec]:
+    """An edit named in the params, a YAML/JSON file holding one spec, or an inline JSON spec."""
+    if text in params.edits:
+        return text, params.edits[text]
+    path = Path(text)
+    if path.suffix in {".yaml", ".yml", ".json"}:
+        if not path.is_file():
+            raise InputError(path, "edit spec file not found")
+        raw, name = yaml.safe_load(path.read_text()), path.stem
+    elif text.lstrip().startswith("{"):
+        try:
+            raw, name = json.loads(text), "custom"
+        except json.JSONDecodeError as exc:
+            raise ParamsError(f"--edit: not valid JSON ({exc.msg})") from None
+    else:
+        raise ParamsError(f"--edit {text!r}: not an edit under `edits` in the params, a spec file or inline JSON")
+    try:
+        return name, TypeAdapter(EditSpec).validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ParamsError(f"--edit: {key}: {first['msg']}") from None
+
+
+def cached(folder: Path, build) -> Path:
+    """Run `build(folder)` unless the folder already exists (outputs are renamed into place when complete)."""
+    if not folder.exists():
+        build(folder)
+    return folder
+
+
+def edit_one_video(
+    video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True
+) -> dict:
+    """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side, sheet and metrics beside it."""
+    video, out = Path(video), Path(out)
+    if not Path(checkpoint).is_file():
+        raise InputError(checkpoint, "checkpoint not found")
+    name, spec = parse_edit_spec(edit, params)
+    params = params.model_copy(update={"edits": {name: spec}})
+    base = Path(work) / _key(sha256_file(video))
+    size = params.model.crop_size
+    extract_dir = cached(base / f"extract-{_key(params.extract)}",
+                         lambda d: extract_video(video, d, params.extract.max_frames, progress))
+    align_dir = cached(base / f"align-{_key(extract_dir.name, params.align, size)}",
+                       lambda d: align_video(extract_dir, d, params.align, size, progress))
+    encode_dir = cached(base / f"encode-{_key(align_dir.name, params.encode)}",
+                        lambda d: encode_video(align_dir, d, params.encode, progress))
+    checkpoint_key = sha256_file(Path(checkpoint))
+    invert_dir = cached(base / f"invert-{_key(encode_dir.name, checkpoint_key, params.invert.steps)}",
+                        lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert, progress))
+    edit_key = _key(invert_dir.name, spec, params.edit)
+    edit_dir = cached(base / f"edit-{edit_key}",
+                      lambda d: edit_video(name, params, checkpoint, align_dir, encode_dir, invert_dir, d,
+                                           baseline=True, progress=progress))
+    render_dir = cached(base / f"render-{_key(edit_key, params.render)}",
+                        lambda d: render_video(extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
+    evaluate_dir = cached(base / f"evaluate-{_key(edit_key)}",
+                          lambda d: evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, d,
+                                                  params.encode, progress))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(render_dir / VIDEO_FILE, out)
+    stem = out.with_suffix("")
+    for produced, suffix in (("side_by_side.mp4", "_side_by_side.mp4"), ("contact_sheet.png", "_contact_sheet.png")):
+        shutil.copyfile(render_dir / produced, f"{stem}{suffix}")
+    metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+    Path(f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def cli(
+    video: Path = typer.Argument(..., help="Input video."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Model file from `dva train`."),
+    edit: str = typer.Option(..., "--edit", help="Edit name from params, a spec .yaml/.json file, or inline JSON."),
+    out: Path = typer.Option(..., "--out", help="Edited video (.mp4); side-by-side, sheet and metrics go beside it."),
+    work: Path = typer.Option(Path(".dva-work"), help="Cache folder for intermediates (reused across edits)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    from stages.cli import stage_params
+
+    if out.suffix.lower() != ".mp4":
+        raise DvaError(f"{out}: the output must be an .mp4 file")
+    metrics = edit_one_video(video, checkpoint, edit, out, stage_params(params), work, progress=not quiet)
+    if not quiet:
+        typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}")
