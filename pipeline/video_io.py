@@ -250,7 +250,9 @@ def copy_audio(source: Path, destination: Path) -> bool:
             return False
         audio = container.streams.audio[0]
         try:
-            with av.open(str(destination), mode="w", format="matroska") as output:
+            # Keep negative timestamps (AAC encoder priming): shifting them to 0 delays the audio.
+            options = {"avoid_negative_ts": "disabled"}
+            with av.open(str(destination), mode="w", format="matroska", options=options) as output:
                 stream = output.add_stream_from_template(audio)
                 for packet in container.demux(audio):
                     if packet.dts is None or not packet.size:
