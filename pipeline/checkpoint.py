@@ -19,6 +19,7 @@ from pipeline.errors import InputError
 from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig
 
 FORMAT = "dva-autoencoder-v1"
+TRAINING_FORMAT = FORMAT + "-training"
 
 
 def config_to_json(config: UNetConfig) -> str:
@@ -68,7 +69,7 @@ def save_training_state(
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     metadata = {
-        "format": FORMAT + "-training",
+        "format": TRAINING_FORMAT,
         "config": config_to_json(model.config),
         "step": str(step),
         "fingerprint": fingerprint,
@@ -90,7 +91,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(path, f"not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
-    if not metadata.get("format", "").startswith(FORMAT):
+    if metadata.get("format") not in (FORMAT, TRAINING_FORMAT):
         raise InputError(path, "not a checkpoint of this model (no dva-autoencoder format tag)")
     return tensors, metadata
 
@@ -123,12 +124,15 @@ def load_training_state(
     return int(metadata["step"]), metadata["fingerprint"]
 
 
-def training_fingerprint(path: Path) -> str | None:
-    """The fingerprint recorded in a training checkpoint, or None when it is unreadable."""
+def training_state_info(path: Path) -> tuple[int, str] | None:
+    """(step, fingerprint) recorded in a training checkpoint, or None when it is unreadable."""
     try:
-        return _read(path)[1].get("fingerprint")
+        metadata = _read(path)[1]
     except InputError:
         return None
+    if metadata.get("format") != TRAINING_FORMAT:
+        return None
+    return int(metadata["step"]), metadata["fingerprint"]
 
 
 def save_model(path: Path, model: torch.nn.Module, metadata: dict[str, str]) -> None:

@@ -124,8 +124,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume) the autoencoder; checkpoints to `state_path` every `checkpoint_every` steps.
 
-    A checkpoint whose fingerprint differs (other data, params or architecture) is ignored and
-    training starts afresh. `distributed` is (rank, world size) under torchrun: the model is
+    A checkpoint whose fingerprint differs (other data, params or architecture), or that went
+    past `params.steps`, is ignored and training starts afresh. `distributed` is (rank, world size) under torchrun: the model is
     wrapped in DistributedDataParallel and each rank draws its own batches.
     """
     rank, world_size = distributed
@@ -137,7 +137,9 @@ def train(
     scheduler = DDIMScheduler()
     expected = fingerprint(params, config, data_hashes)
     start = 0
-    if Path(state_path).is_file() and checkpoint.training_fingerprint(state_path) == expected:
+    saved = checkpoint.training_state_info(state_path) if Path(state_path).is_file() else None
+    # Resume only a run of the same setup that has not gone past the requested length.
+    if saved is not None and saved[1] == expected and saved[0] <= params.steps:
         start, _ = checkpoint.load_training_state(state_path, model, ema.shadow, optimizer, generator)
     network: nn.Module = model
     if world_size > 1:
