@@ -147,7 +147,7 @@ class TextEdit(_Section):
 
 
 class ReferenceEdit(_Section):
-    """Move the identity toward a reference face (image), or away from the video's own (anonymise)."""
+    """Move the identity toward a reference face (image or video), or away from the video's own (anonymise)."""
 
     kind: Literal["reference"]
     reference: str | None = None
@@ -158,7 +158,7 @@ class ReferenceEdit(_Section):
     @model_validator(mode="after")
     def _reference_or_away(self) -> "ReferenceEdit":
         if not self.away and not self.reference:
-            raise ValueError("a reference edit needs `reference` (an image) unless `away: true`")
+            raise ValueError("a reference edit needs `reference` (an image or video) unless `away: true`")
         return self
 
 

@@ -45,6 +45,37 @@ def align_still(rgb: np.ndarray, detector: LandmarkDetector, size: int) -> tuple
     return alignment.warp_to_crop(rgb, matrix, size), alignment.apply_transform(matrix, face.landmarks)
 
 
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+
+
+def reference_identity(
+    path: Path, detector: LandmarkDetector, encoder: IdentityEncoder, size: int, max_frames: int = 16
+) -> np.ndarray:
+    """Identity of a reference face: from an image, or the normalised mean over a video's frames.
+
+    For a video, up to `max_frames` evenly spaced frames are read (streaming) and every frame
+    where a face is found contributes its largest face.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        return encode_still(path, detector, encoder, size).identity
+    from pipeline.video_io import iter_frames, probe
+
+    total = max(probe(path).frame_count, 1)
+    stride = max(total // max_frames, 1)
+    codes = []
+    for frame in iter_frames(path, max_frames=stride * max_frames):
+        if frame.index % stride:
+            continue
+        aligned = align_still(frame.rgb, detector, size)
+        if aligned is not None:
+            codes.append(encoder.embed(aligned[0][None], aligned[1][None])[0])
+    if not codes:
+        raise InputError(path, "no face found in the reference video")
+    mean = np.mean(codes, axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
 def encode_still(path: Path, detector: LandmarkDetector, encoder: IdentityEncoder, size: int) -> AlignedStill:
     """Align and encode the largest face of an image file."""
     aligned = align_still(read_image(path), detector, size)

@@ -34,7 +34,7 @@ from pipeline.identity import make_identity_encoder
 from pipeline.inversion import decode_frames, face_codes, to_model_images, to_uint8_crops
 from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
 from pipeline.progress import progress_bar
-from pipeline.still_faces import encode_still
+from pipeline.still_faces import reference_identity
 from pipeline.tables import read_table
 from pipeline.tracking import NO_FACE
 from pipeline.unet import DiffusionVideoAutoencoder
@@ -57,6 +57,7 @@ def _l2(z: np.ndarray) -> np.ndarray:
 
 
 def identity_edit(
+    name: str,
     spec: EditSpec,
     params: Params,
     model: DiffusionVideoAutoencoder,
@@ -91,14 +92,13 @@ def identity_edit(
             params.align.detection_threshold,
         )
         encoder = make_identity_encoder(params.encode.backend, params.encode.arcface_weights)
-        reference = encode_still(Path(spec.reference), detector, encoder, model.config.resolution)
-        target = reference.identity
+        target = reference_identity(Path(spec.reference), detector, encoder, model.config.resolution)
         facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
         return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
-    return _text_edit(spec, model, video_identity, first_frame, device, progress)
+    return _text_edit(name, spec, model, video_identity, first_frame, device, progress)
 
 
-def _text_edit(spec: TextEdit, model, video_identity, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
+def _text_edit(name: str, spec: TextEdit, model, video_identity, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
     from pipeline.text_edit import (
         TextEditConfig,
         apply_text_direction,
@@ -107,7 +107,7 @@ def _text_edit(spec: TextEdit, model, video_identity, first_frame, device, progr
         optimise_text_direction,
     )
 
-    clip_model, tokenizer = load_clip(spec.clip_model, spec.clip_weights, param_name="edits.<name>.clip_weights",
+    clip_model, tokenizer = load_clip(spec.clip_model, spec.clip_weights, param_name=f"edits.{name}.clip_weights",
                                       device=device)
     config = TextEditConfig(
         target_text=spec.target_text, source_text=spec.source_text, iterations=spec.iterations, lr=spec.lr,
@@ -153,7 +153,7 @@ def edit_video(
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     first = int(frames[0])
     edit_one, facts = identity_edit(
-        spec, params, model, video_identity, (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first])),
+        name, spec, params, model, video_identity, (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first])),
         device, progress,
     )
     edited_identity = edit_one(video_identity)
