@@ -15,7 +15,6 @@ def _disk(radius: int) -> np.ndarray:
 
 def edit_blend_mask(
     face_mask: np.ndarray,
-    source: np.ndarray,
     edited: np.ndarray,
     reconstruction: np.ndarray,
     threshold: float,

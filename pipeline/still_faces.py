@@ -11,7 +11,7 @@ import numpy as np
 from pipeline import alignment
 from pipeline.errors import InputError
 from pipeline.face_detection import LandmarkDetector
-from pipeline.identity import IdentityEncoder
+from pipeline.identity import IdentityEncoder, l2_normalise
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,7 @@ def reference_identity(
             codes.append(encoder.embed(aligned[0][None], aligned[1][None])[0])
     if not codes:
         raise InputError(path, "no face found in the reference video")
-    mean = np.mean(codes, axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    return l2_normalise(np.mean(codes, axis=0)).astype(np.float32)
 
 
 def encode_still(path: Path, detector: LandmarkDetector, encoder: IdentityEncoder, size: int) -> AlignedStill:

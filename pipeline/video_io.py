@@ -315,7 +315,6 @@ class VideoEncoder:
         except (ValueError, av.error.FFmpegError):
             self._audio_out = self._container.add_stream("aac", rate=audio.codec_context.sample_rate or 48000)
             self._transcode = True
-        self._audio_stream_in = audio
         self._audio_packets = container.demux(audio)
 
     def _mux_audio_until(self, seconds: float | None) -> None:

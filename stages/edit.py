@@ -30,7 +30,7 @@ from pipeline.editing import AttributeClassifier, classifier_edit, reference_edi
 from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
-from pipeline.identity import make_identity_encoder
+from pipeline.identity import l2_normalise, make_identity_encoder
 from pipeline.inversion import decode_frames, face_codes, to_model_images, to_uint8_crops
 from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
 from pipeline.progress import progress_bar
@@ -50,10 +50,6 @@ BASELINE_ALPHA_FILE = "baseline_alpha.npy"
 INFO_FILE = "edit.json"
 
 IdentityEdit = Callable[[np.ndarray], np.ndarray]
-
-
-def _l2(z: np.ndarray) -> np.ndarray:
-    return (z / np.linalg.norm(z)).astype(np.float32)
 
 
 def identity_edit(
@@ -178,7 +174,7 @@ def edit_video(
                 decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, steps))
                 for offset, row in enumerate(rows):
                     alpha = edit_blend_mask(
-                        face[offset], source[offset], decoded[offset], reconstruction[offset],
+                        face[offset], decoded[offset], reconstruction[offset],
                         settings.region_threshold, settings.region_dilation, settings.feather,
                     )
                     outputs[key][row] = blend(decoded[offset], source[offset], alpha)
@@ -193,7 +189,7 @@ def edit_video(
             "checkpoint_sha256": sha256_file(Path(checkpoint)),
             "video_identity": video_identity.tolist(),
             "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
-            "identity_cosine_to_source": float(np.dot(_l2(edited_identity), _l2(video_identity))),
+            "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
         } | facts
         (work / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -29,7 +29,8 @@ def extract_video(video: Path, out_dir: Path, max_frames: int | None = None, pro
     video, out_dir = Path(video), Path(out_dir)
     meta = probe(video)
     indices, pts, times = [], [], []
-    expected = min(meta.frame_count or 0, max_frames or meta.frame_count or 0) or None
+    declared = meta.frame_count or None
+    expected = min(declared, max_frames) if declared and max_frames else declared or max_frames
     with atomic_output_dir(out_dir) as work:
         with LosslessFrameWriter(work / FRAMES_FILE, meta.width, meta.height) as writer:
             frames = iter_frames(video, max_frames=max_frames)
