@@ -17,7 +17,6 @@ from pipeline.editing import AttributeClassifier
 from pipeline.errors import InputError
 
 
-
 class LabelTableError(InputError, ValueError):
     """A label table that cannot be parsed; a ValueError whose one-line message names the file."""
 

@@ -42,6 +42,7 @@ class LandmarkDetector(Protocol):
 
     name: str
     weights: dict[str, str]
+    weight_files: dict[str, Path]
 
     def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
         """All faces of one RGB frame."""
@@ -70,6 +71,7 @@ class DlibLandmarkDetector:
         self._upsample = upsample
         # dlib's own threshold of 0 fires on non-faces; the caller picks a stricter one.
         self._threshold = threshold
+        self.weight_files = {"shape_predictor_68": Path(predictor_path)}
         self.weights = {"shape_predictor_68": sha256_file(predictor_path)}
 
     def boxes(self, rgb: np.ndarray) -> list[tuple[object, float]]:
@@ -104,6 +106,7 @@ class FanLandmarkDetector:
         network = FAN(4)
         network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         self._network = network.to(self._device).eval()
+        self.weight_files = {"fan": Path(weights_path)}
         self.weights = {"fan": sha256_file(Path(weights_path))}
 
     def detect(self, rgb: np.ndarray) -> list[FaceDetection]:

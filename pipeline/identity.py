@@ -28,6 +28,7 @@ class IdentityEncoder(Protocol):
     name: str
     dim: int
     weights: dict[str, str]
+    weight_files: dict[str, Path]
 
     def embed(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
         """L2-normalised identity codes (B, dim) of uint8 crops (B, R, R, 3)."""
@@ -57,6 +58,7 @@ class DlibIdentityEncoder:
         predictor = Path(face_recognition_models.face_recognition_model_location())
         self._dlib = dlib
         self._model = dlib.face_recognition_model_v1(str(predictor))
+        self.weight_files = {"dlib_face_recognition_resnet": predictor}
         self.weights = {"dlib_face_recognition_resnet": sha256_file(predictor)}
 
     def embed(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
@@ -85,6 +87,7 @@ class ArcFaceIdentityEncoder:
             raise MissingWeightsError("encode.arcface_weights", weights_path or "w600k_r50.onnx")
         self._session = onnxruntime.InferenceSession(str(weights_path), providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self.weight_files = {"arcface": Path(weights_path)}
         self.weights = {"arcface": sha256_file(Path(weights_path))}
 
     def embed(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ landmarks in frame and crop coordinates, the frame-to-crop affine transform).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pipeline import alignment
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError
 from pipeline.face_detection import make_landmark_detector
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import AlignParams
 from pipeline.progress import progress_bar
 from pipeline.tables import column_matrix, read_table, vector_column, write_table
@@ -46,7 +48,9 @@ def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndar
     return transforms
 
 
-def align_video(extract_dir: Path, out_dir: Path, params: AlignParams, size: int, progress: bool = True) -> Counter:
+def align_video(
+    extract_dir: Path, out_dir: Path, params: AlignParams, size: int, progress: bool = True, run_id: str = "python"
+) -> Counter:
     """Align the face of an extracted video; returns the count of each frame status."""
     extract_dir, out_dir = Path(extract_dir), Path(out_dir)
     for name in (META_FILE, FRAMES_FILE):
@@ -96,6 +100,8 @@ def align_video(extract_dir: Path, out_dir: Path, params: AlignParams, size: int
             {"backend": detector.name, "weights_sha256": detector.weights, "crop_size": size,
              "frame_width": meta.width, "frame_height": meta.height},
         )
+        write_lineage(work, out_dir, stage="align", inputs=[extract_dir], params={"align": params, "crop_size": size},
+                      weights=detector.weight_files, run_id=run_id)
     return Counter(track.status)
 
 
@@ -126,7 +132,8 @@ def cli(
     from stages.cli import stage_params
 
     settings = stage_params(params)
-    counts = align_video(extract_dir, out_dir, settings.align, settings.model.crop_size, progress=not quiet)
+    counts = align_video(extract_dir, out_dir, settings.align, settings.model.crop_size, progress=not quiet,
+                         run_id=cli_run_id(os.environ))
     if not quiet:
         summary = ", ".join(f"{counts.get(state, 0)} {state}" for state in ("ok", "interpolated", "no_face"))
         typer.echo(f"{extract_dir}: {summary} -> {out_dir}")

@@ -50,6 +50,10 @@ STAGE_MODULES = {
     "edit-frames": "stages.edit",
     "render": "stages.render",
     "evaluate": "stages.evaluate",
+    "audit": "stages.audit",
+    "batch": "stages.batch",
+    "schedule": "stages.schedule",
+    "server": "stages.server",
 }
 
 

@@ -14,6 +14,7 @@ identity instead of the video's: the per-frame baseline that evaluate compares a
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,13 @@ from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
 from pipeline.identity import l2_normalise, make_identity_encoder
-from pipeline.inversion import decode_frames, face_codes, to_model_images, to_uint8_crops
+from pipeline.inversion import (
+    decode_frames,
+    face_codes,
+    to_model_images,
+    to_uint8_crops,
+)
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
 from pipeline.progress import progress_bar
 from pipeline.still_faces import reference_identity
@@ -122,6 +129,22 @@ def _text_edit(name: str, spec: TextEdit, model, video_identity, first_frame, de
     return (lambda z: apply_text_direction(z, dz, spec.scale)), facts
 
 
+def edit_input_files(spec: EditSpec) -> list[Path]:
+    """Files an edit reads besides the video's own artifacts: a reference image or video."""
+    if isinstance(spec, ReferenceEdit) and spec.reference:
+        return [Path(spec.reference)]
+    return []
+
+
+def edit_weight_files(spec: EditSpec) -> dict[str, Path]:
+    """Weight files an edit loads: fitted classifiers or CLIP."""
+    if isinstance(spec, ClassifierEdit):
+        return {"classifier": Path(spec.classifier)}
+    if isinstance(spec, TextEdit) and spec.clip_weights:
+        return {"clip": Path(spec.clip_weights)}
+    return {}
+
+
 def edit_video(
     name: str,
     params: Params,
@@ -132,6 +155,7 @@ def edit_video(
     out_dir: Path,
     baseline: bool = True,
     progress: bool = True,
+    run_id: str = "python",
 ) -> dict:
     """Decode every face frame of a video with the edited identity and blend it over the source."""
     if name not in params.edits:
@@ -192,6 +216,9 @@ def edit_video(
             "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
         } | facts
         (work / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_lineage(work, out_dir, stage="edit", inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec)],
+                      params={"edit": settings, "edits": {name: spec}, "baseline": baseline},
+                      weights={"autoencoder": Path(checkpoint)} | edit_weight_files(spec), run_id=run_id)
     return info
 
 
@@ -214,6 +241,6 @@ def cli(
     from stages.cli import stage_params
 
     info = edit_video(name, stage_params(params), checkpoint, align_dir, encode_dir, invert_dir, out_dir,
-                      baseline=baseline, progress=not quiet)
+                      baseline=baseline, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{name}: identity cosine to source {info['identity_cosine_to_source']:.3f} -> {out_dir}")

@@ -7,7 +7,6 @@ expensive part) and only decodes and renders again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.errors import DvaError, InputError, ParamsError
-from pipeline.hashing import sha256_file
+from pipeline.hashing import content_key, sha256_file
 from pipeline.params import EditSpec, Params
 from stages.align import align_video
 from stages.edit import edit_video
@@ -26,12 +25,6 @@ from stages.evaluate import evaluate_edit
 from stages.extract import extract_video
 from stages.invert import invert_video
 from stages.render import VIDEO_FILE, render_video
-
-
-
-def _key(*parts: object) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def parse_edit_spec(text: str, params: Params) -> tuple[str, EditSpec]:
@@ -74,24 +67,24 @@ def edit_one_video(
         raise InputError(checkpoint, "checkpoint not found")
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
-    base = Path(work) / _key(sha256_file(video))
+    base = Path(work) / content_key(sha256_file(video))
     size = params.model.crop_size
-    extract_dir = cached(base / f"extract-{_key(params.extract)}",
+    extract_dir = cached(base / f"extract-{content_key(params.extract)}",
                          lambda d: extract_video(video, d, params.extract.max_frames, progress))
-    align_dir = cached(base / f"align-{_key(extract_dir.name, params.align, size)}",
+    align_dir = cached(base / f"align-{content_key(extract_dir.name, params.align, size)}",
                        lambda d: align_video(extract_dir, d, params.align, size, progress))
-    encode_dir = cached(base / f"encode-{_key(align_dir.name, params.encode)}",
+    encode_dir = cached(base / f"encode-{content_key(align_dir.name, params.encode)}",
                         lambda d: encode_video(align_dir, d, params.encode, progress))
     checkpoint_key = sha256_file(Path(checkpoint))
-    invert_dir = cached(base / f"invert-{_key(encode_dir.name, checkpoint_key, params.invert.steps)}",
+    invert_dir = cached(base / f"invert-{content_key(encode_dir.name, checkpoint_key, params.invert.steps)}",
                         lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert, progress))
-    edit_key = _key(invert_dir.name, spec, params.edit)
+    edit_key = content_key(invert_dir.name, spec, params.edit)
     edit_dir = cached(base / f"edit-{edit_key}",
                       lambda d: edit_video(name, params, checkpoint, align_dir, encode_dir, invert_dir, d,
                                            baseline=True, progress=progress))
-    render_dir = cached(base / f"render-{_key(edit_key, params.render)}",
+    render_dir = cached(base / f"render-{content_key(edit_key, params.render)}",
                         lambda d: render_video(extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
-    evaluate_dir = cached(base / f"evaluate-{_key(edit_key)}",
+    evaluate_dir = cached(base / f"evaluate-{content_key(edit_key)}",
                           lambda d: evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, d,
                                                   params.encode, progress))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ weights sha256, and the video identity (L2-normalised mean over ok frames).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,13 @@ import typer
 
 from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
 from pipeline.atomic import atomic_output_dir
+from pipeline.errors import InputError
 from pipeline.identity import l2_normalise, make_identity_encoder
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import EncodeParams
 from pipeline.progress import progress_bar
 from pipeline.tables import column_matrix, read_table, vector_column, write_table
 from pipeline.tracking import NO_FACE, OK
-from pipeline.errors import InputError
 from stages.align import CROPS_FILE, MASKS_FILE, open_crops, read_alignment
 from stages.align import TABLE_FILE as ALIGN_TABLE_FILE
 
@@ -28,7 +30,9 @@ TABLE_FILE = "features.parquet"
 BATCH = 32
 
 
-def encode_video(align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True) -> np.ndarray:
+def encode_video(
+    align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True, run_id: str = "python"
+) -> np.ndarray:
     """Encode every aligned frame; returns the video identity."""
     for name in (ALIGN_TABLE_FILE, CROPS_FILE, MASKS_FILE):
         # A wrong folder must be a one-line error, not a FileNotFoundError traceback.
@@ -68,6 +72,8 @@ def encode_video(align_dir: Path, out_dir: Path, params: EncodeParams, progress:
                 "landmark_backend": align_meta.get("backend"),
             },
         )
+        write_lineage(work, out_dir, stage="encode", inputs=[align_dir], params={"encode": params},
+                      weights=encoder.weight_files, run_id=run_id)
     return video_identity
 
 
@@ -91,6 +97,6 @@ def cli(
 ) -> None:
     from stages.cli import stage_params
 
-    encode_video(align_dir, out_dir, stage_params(params).encode, progress=not quiet)
+    encode_video(align_dir, out_dir, stage_params(params).encode, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{align_dir}: features -> {out_dir}")

@@ -10,6 +10,7 @@ per-frame identity cosine to the source for reconstruction, edit and baseline).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError
 from pipeline.identity import IdentityEncoder, l2_normalise, make_identity_encoder
 from pipeline.identity_metrics import temporal_identity_consistency
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import EncodeParams
 from pipeline.progress import progress_bar
 from pipeline.tracking import NO_FACE
@@ -60,6 +62,7 @@ def evaluate_edit(
     out_dir: Path,
     params: EncodeParams,
     progress: bool = True,
+    run_id: str = "python",
 ) -> dict:
     """Compute and write the metrics of one edit; returns them."""
     status, crop_landmarks, _, _ = read_alignment(align_dir)
@@ -96,6 +99,8 @@ def evaluate_edit(
     with atomic_output_dir(out_dir) as work:
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         plot.to_csv(work / PLOT_FILE, index=False)
+        write_lineage(work, out_dir, stage="evaluate", inputs=[align_dir, encode_dir, invert_dir, edit_dir, render_dir],
+                      params={"encode": params}, weights=encoder.weight_files, run_id=run_id)
     return metrics
 
 
@@ -112,6 +117,6 @@ def cli(
     from stages.cli import stage_params
 
     metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir,
-                            stage_params(params).encode, progress=not quiet)
+                            stage_params(params).encode, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(json.dumps(metrics))

@@ -8,15 +8,23 @@ source's audio stream, copied without re-encoding) when the source has audio.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import typer
 
 from pipeline.atomic import atomic_output_dir
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.progress import progress_bar
 from pipeline.tables import write_table
-from pipeline.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
+from pipeline.video_io import (
+    LosslessFrameWriter,
+    VideoMeta,
+    copy_audio,
+    iter_frames,
+    probe,
+)
 
 FRAMES_FILE = "frames.mkv"
 TABLE_FILE = "frames.parquet"
@@ -24,7 +32,9 @@ META_FILE = "meta.json"
 AUDIO_FILE = "audio.mka"
 
 
-def extract_video(video: Path, out_dir: Path, max_frames: int | None = None, progress: bool = True) -> VideoMeta:
+def extract_video(
+    video: Path, out_dir: Path, max_frames: int | None = None, progress: bool = True, run_id: str = "python"
+) -> VideoMeta:
     """Stream `video` into `out_dir` (written under a temporary name, renamed when complete)."""
     video, out_dir = Path(video), Path(out_dir)
     meta = probe(video)
@@ -54,6 +64,8 @@ def extract_video(video: Path, out_dir: Path, max_frames: int | None = None, pro
         if times and not meta.duration:
             meta = dataclasses.replace(meta, duration=float(times[-1] + 1 / (meta.fps or 25)))
         meta.to_json(work / META_FILE)
+        write_lineage(work, out_dir, stage="extract", inputs=[video], params={"extract": {"max_frames": max_frames}},
+                      run_id=run_id)
     return meta
 
 
@@ -67,6 +79,6 @@ def cli(
     from stages.cli import stage_params
 
     limit = max_frames if max_frames is not None else stage_params(params).extract.max_frames
-    meta = extract_video(video, out_dir, limit, progress=not quiet)
+    meta = extract_video(video, out_dir, limit, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{video}: {meta.frame_count} frames {meta.width}x{meta.height} @ {meta.fps:.3f} fps -> {out_dir}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,16 @@ import pandas as pd
 import typer
 
 from pipeline.atomic import atomic_output_dir
-from pipeline.classifiers import IMAGE_COLUMN, fit_attribute_classifiers, read_label_table
+from pipeline.classifiers import (
+    IMAGE_COLUMN,
+    fit_attribute_classifiers,
+    read_label_table,
+)
 from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
 from pipeline.identity import make_identity_encoder
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams
 from pipeline.progress import progress_bar
 from pipeline.still_faces import align_still, read_image
@@ -61,6 +67,7 @@ def fit_classifiers(
     size: int,
     out_dir: Path,
     progress: bool = True,
+    run_id: str = "python",
 ) -> dict:
     """Encode the labelled images, fit the classifiers and write them with their card; returns the card."""
     if params.labels is None:
@@ -134,6 +141,9 @@ def fit_classifiers(
         classifier.save(work / CLASSIFIER_FILE)
         (work / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_lineage(work, Path(out_dir), stage="fit_classifiers", inputs=[labels_path, *paths],
+                      params={"fit_classifiers": params, "align": align, "encode": encode, "crop_size": size},
+                      weights=detector.weight_files | encoder.weight_files, run_id=run_id)
     return card
 
 
@@ -150,7 +160,8 @@ def cli(
     if labels is not None:
         section = section.model_copy(update={"labels": str(labels)})
     size = settings.model.crop_size
-    card = fit_classifiers(section, settings.align, settings.encode, size, out_dir, progress=not quiet)
+    card = fit_classifiers(section, settings.align, settings.encode, size, out_dir, progress=not quiet,
+                           run_id=cli_run_id(os.environ))
     if not quiet:
         aucs = ", ".join(f"{name} {'n/a' if value is None else f'{value:.3f}'}" for name, value in card["auc"].items())
         typer.echo(f"{card['images_used']} faces ({card['images_skipped']} skipped): AUC {aucs} -> {out_dir}")

@@ -9,13 +9,17 @@ uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise std
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 import typer
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 
 from pipeline.atomic import atomic_output_dir
 from pipeline.checkpoint import load_model
@@ -23,7 +27,14 @@ from pipeline.device import resolve_device
 from pipeline.diffusion import DDIMScheduler
 from pipeline.errors import InputError
 from pipeline.hashing import sha256_file
-from pipeline.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops
+from pipeline.inversion import (
+    decode_frames,
+    face_codes,
+    invert_frames,
+    to_model_images,
+    to_uint8_crops,
+)
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import InvertParams
 from pipeline.progress import progress_bar
 from pipeline.tables import write_table
@@ -47,7 +58,13 @@ def frame_quality(reference: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarra
 
 
 def invert_video(
-    checkpoint: Path, align_dir: Path, encode_dir: Path, out_dir: Path, params: InvertParams, progress: bool = True
+    checkpoint: Path,
+    align_dir: Path,
+    encode_dir: Path,
+    out_dir: Path,
+    params: InvertParams,
+    progress: bool = True,
+    run_id: str = "python",
 ) -> dict:
     """Invert and re-decode all face frames of one video; returns its metrics."""
     device = resolve_device(params.device)
@@ -101,6 +118,8 @@ def invert_video(
              "video_identity": identity.tolist()},
         )
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_lineage(work, out_dir, stage="invert", inputs=[align_dir, encode_dir], params={"invert": params},
+                      weights={"autoencoder": Path(checkpoint)}, run_id=run_id)
     return metrics
 
 
@@ -118,6 +137,7 @@ def cli(
     settings = stage_params(params).invert
     if steps is not None:
         settings = settings.model_copy(update={"steps": steps})
-    metrics = invert_video(checkpoint, align_dir, encode_dir, out_dir, settings, progress=not quiet)
+    metrics = invert_video(checkpoint, align_dir, encode_dir, out_dir, settings, progress=not quiet,
+                           run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(json.dumps(metrics))

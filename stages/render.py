@@ -10,6 +10,7 @@ outside the dilated face mask, measured before the lossy encode).
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pipeline.alignment import warp_to_frame
 from pipeline.atomic import atomic_output_dir
 from pipeline.compositing import dilated_face_region, paste_back
 from pipeline.identity_metrics import masked_psnr
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import RenderParams
 from pipeline.progress import progress_bar
 from pipeline.tables import read_table
@@ -74,6 +76,7 @@ def render_video(
     out_dir: Path,
     params: RenderParams,
     progress: bool = True,
+    run_id: str = "python",
 ) -> dict:
     """Write the edited video, the side-by-side video, the contact sheet and background metrics."""
     extract_dir = Path(extract_dir)
@@ -110,6 +113,8 @@ def render_video(
             "background_psnr_min": float(np.min(background)) if background else None,
         }
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_lineage(work, out_dir, stage="render", inputs=[extract_dir, align_dir, invert_dir, edit_dir],
+                      params={"render": params}, run_id=run_id)
     return metrics
 
 
@@ -125,7 +130,7 @@ def cli(
     from stages.cli import stage_params
 
     metrics = render_video(extract_dir, align_dir, invert_dir, edit_dir, out_dir,
-                           stage_params(params).render, progress=not quiet)
+                           stage_params(params).render, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{out_dir / VIDEO_FILE}: {metrics['frames']} frames, background PSNR "
                    f"{metrics['background_psnr_mean']} dB")

@@ -22,10 +22,11 @@ from pipeline.atomic import atomic_output_dir
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.hashing import sha256_file
+from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import Params
 from pipeline.progress import progress_bar
-from pipeline.training import TrainingClip, build_config, train
 from pipeline.tracking import NO_FACE
+from pipeline.training import TrainingClip, build_config, train
 from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
 from stages.align import CROPS_FILE, MASKS_FILE, open_crops
 from stages.encode import TABLE_FILE as FEATURES_FILE
@@ -55,7 +56,13 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def train_autoencoder(
-    params: Params, data_root: Path, out_dir: Path, state_file: Path, progress: bool = True, quiet: bool = False
+    params: Params,
+    data_root: Path,
+    out_dir: Path,
+    state_file: Path,
+    progress: bool = True,
+    quiet: bool = False,
+    run_id: str = "python",
 ) -> dict:
     """Train on `params.train_videos` read from `data_root/{align,encode}/<id>`; returns a summary."""
     data_root = Path(data_root)
@@ -113,6 +120,10 @@ def train_autoencoder(
                 },
             )
             (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            folders = [data_root / stage / video_id for video_id in params.train_videos for stage in ("align", "encode")]
+            write_lineage(work, out_dir, stage="train", inputs=folders,
+                          params={"train": params.train, "model": params.model, "train_videos": params.train_videos},
+                          run_id=run_id)
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return summary
@@ -149,6 +160,7 @@ def cli(
     settings = stage_params(params)
     if steps is not None:
         settings = settings.model_copy(update={"train": settings.train.model_copy(update={"steps": steps})})
-    summary = train_autoencoder(settings, data_root, out_dir, state_file, progress=not quiet, quiet=quiet)
+    summary = train_autoencoder(settings, data_root, out_dir, state_file, progress=not quiet, quiet=quiet,
+                                run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(json.dumps(summary))

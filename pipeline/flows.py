@@ -1,0 +1,412 @@
+"""Prefect flow that edits every video of a folder or manifest, calling the same stage functions as DVC.
+
+Every stage output goes to `OUT/work/<stage>/<key>/`, where the key hashes what the output depends
+on: the video's sha256, the parameters that matter, the checkpoint's sha256 and the keys of the
+upstream outputs. A rerun over the same inputs therefore finds every task cached; a new video runs
+only its own tasks; a changed edit spec reruns only edit, render and evaluate of that edit. Folders
+are written under a temporary name and renamed when complete, under a per-key file lock, so two
+runs over the same output folder never duplicate or corrupt an output. Finished edits are published
+as `OUT/results/<video>/<edit>/` and summarised in `OUT/summary.csv` and a Prefect table artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import CachePolicy
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from pipeline.atomic import atomic_output_dir, atomic_output_file
+from pipeline.errors import DvaError, InputError
+from pipeline.hashing import content_key, sha256_file
+from pipeline.lineage import LINEAGE_FILE, write_lineage
+from pipeline.params import EditSpec, Params
+from pipeline.video_sources import VideoSource, discover_videos
+
+GPU_LIMIT = "gpu"
+SUMMARY_FILE = "summary.csv"
+SUMMARY_ARTIFACT = "dva-batch-summary"
+PUBLISHED_FILES = ("edited.mp4", "side_by_side.mp4", "contact_sheet.png")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One stage output folder and the content key it is stored under."""
+
+    stage: str
+    key: str
+    path: str
+
+
+@dataclass
+class StageKeys:
+    """Content keys of one video's stage outputs, derived before anything runs."""
+
+    extract: str
+    align: str
+    encode: str
+    invert: str
+    edits: dict[str, str]
+    renders: dict[str, str]
+    evaluations: dict[str, str]
+
+
+def stage_keys(video_sha256: str, checkpoint_sha256: str, params: Params, edits: dict[str, EditSpec]) -> StageKeys:
+    """Merkle-style keys: each stage hashes its own parameters and its inputs' keys."""
+    extract = content_key("extract", video_sha256, params.extract)
+    align = content_key("align", extract, params.align, params.model.crop_size)
+    encode = content_key("encode", align, params.encode)
+    invert = content_key("invert", encode, checkpoint_sha256, params.invert.steps, params.invert.batch_size)
+    edit_keys = {name: content_key("edit", invert, name, spec, params.edit.region_threshold,
+                                   params.edit.region_dilation, params.edit.feather) for name, spec in edits.items()}
+    renders = {name: content_key("render", extract, key, params.render) for name, key in edit_keys.items()}
+    evaluations = {name: content_key("evaluate", renders[name], params.encode) for name in edits}
+    return StageKeys(extract, align, encode, invert, edit_keys, renders, evaluations)
+
+
+class ContentKeyPolicy(CachePolicy):
+    """Cache on the content key the flow passes to each task (`key`), nothing else."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        return f"dva-{task_ctx.task.name}-{inputs['key']}" if inputs.get("key") else None
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(out_root: Path, stage: str, key: str, build: Callable[[Path], object]) -> Artifact:
+    """Run `build(folder)` unless `OUT/work/<stage>/<key>` is already complete (one builder at a time)."""
+    folder = Path(out_root) / "work" / stage / key
+    with _file_lock(Path(out_root) / "work" / ".locks" / f"{stage}-{key}.lock"):
+        if not (folder / LINEAGE_FILE).is_file():
+            build(folder)
+    return Artifact(stage, key, str(folder))
+
+
+def _run_id() -> str:
+    from prefect.runtime import task_run
+
+    return f"prefect:{flow_run.get_id()}/{task_run.get_name()}"
+
+
+def _transient(task, task_run, state: State) -> bool:
+    """Retry unexpected errors (I/O hiccups, out of memory); bad input and bad params fail at once."""
+    try:
+        state.result()
+    except DvaError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return False
+
+
+@contextmanager
+def gpu_device(lock_dir: Path | None = None) -> Iterator[str]:
+    """Hold a slot of the `gpu` concurrency limit and the device that goes with it ("cpu" without GPUs)."""
+    import torch
+
+    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+        count = torch.cuda.device_count()
+        if count == 0:
+            yield "cpu"
+            return
+        # The global limit bounds how many hold a slot; a local lock per device says which one is free.
+        lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / "dva-gpu-locks")
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            for index in range(count):
+                with open(lock_dir / f"cuda-{index}.lock", "a") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    try:
+                        yield f"cuda:{index}"
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                    return
+            time.sleep(0.2)
+
+
+def ensure_gpu_limit(slots: int | None = None) -> int:
+    """Create the `gpu` global concurrency limit, sized to the visible GPUs (at least 1), if missing."""
+    import torch
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    wanted = slots if slots is not None else max(1, torch.cuda.device_count())
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=wanted))
+            return wanted
+
+
+TASK_OPTIONS = dict(cache_policy=ContentKeyPolicy(), persist_result=True, retry_condition_fn=_transient)
+
+
+@task(name="extract", **TASK_OPTIONS)
+def extract_task(video: str, key: str, out_root: str, params: Params) -> Artifact:
+    from stages.extract import extract_video
+
+    return build_once(Path(out_root), "extract", key, lambda folder: extract_video(
+        Path(video), folder, params.extract.max_frames, progress=False, run_id=_run_id()))
+
+
+@task(name="align", **TASK_OPTIONS)
+def align_task(extract: Artifact, key: str, out_root: str, params: Params) -> Artifact:
+    from stages.align import align_video
+
+    return build_once(Path(out_root), "align", key, lambda folder: align_video(
+        Path(extract.path), folder, params.align, params.model.crop_size, progress=False, run_id=_run_id()))
+
+
+@task(name="encode", **TASK_OPTIONS)
+def encode_task(align: Artifact, key: str, out_root: str, params: Params) -> Artifact:
+    from stages.encode import encode_video
+
+    return build_once(Path(out_root), "encode", key, lambda folder: encode_video(
+        Path(align.path), folder, params.encode, progress=False, run_id=_run_id()))
+
+
+@task(name="invert", **TASK_OPTIONS)
+def invert_task(
+    checkpoint: str, align: Artifact, encode: Artifact, key: str, out_root: str, params: Params
+) -> Artifact:
+    from stages.invert import invert_video
+
+    def build(folder: Path) -> None:
+        with gpu_device() as device:
+            settings = params.invert.model_copy(update={"device": device})
+            invert_video(Path(checkpoint), Path(align.path), Path(encode.path), folder, settings, progress=False,
+                         run_id=_run_id())
+
+    return build_once(Path(out_root), "invert", key, build)
+
+
+@task(name="edit", **TASK_OPTIONS)
+def edit_task(name: str, checkpoint: str, align: Artifact, encode: Artifact, invert: Artifact, key: str,
+              out_root: str, params: Params) -> Artifact:
+    from stages.edit import edit_video
+
+    def build(folder: Path) -> None:
+        with gpu_device() as device:
+            settings = params.model_copy(update={"edit": params.edit.model_copy(update={"device": device})})
+            edit_video(name, settings, Path(checkpoint), Path(align.path), Path(encode.path), Path(invert.path),
+                       folder, baseline=True, progress=False, run_id=_run_id())
+
+    return build_once(Path(out_root), "edit", key, build)
+
+
+@task(name="render", **TASK_OPTIONS)
+def render_task(extract: Artifact, align: Artifact, invert: Artifact, edit: Artifact, key: str, out_root: str,
+                params: Params) -> Artifact:
+    from stages.render import render_video
+
+    return build_once(Path(out_root), "render", key, lambda folder: render_video(
+        Path(extract.path), Path(align.path), Path(invert.path), Path(edit.path), folder, params.render,
+        progress=False, run_id=_run_id()))
+
+
+@task(name="evaluate", **TASK_OPTIONS)
+def evaluate_task(align: Artifact, encode: Artifact, invert: Artifact, edit: Artifact, render: Artifact, key: str,
+                  out_root: str, params: Params) -> Artifact:
+    from stages.evaluate import evaluate_edit
+
+    return build_once(Path(out_root), "evaluate", key, lambda folder: evaluate_edit(
+        Path(align.path), Path(encode.path), Path(invert.path), Path(edit.path), Path(render.path), folder,
+        params.encode, progress=False, run_id=_run_id()))
+
+
+def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate: Artifact, run_id: str) -> Path:
+    """Hard-link the finished edit into `OUT/results/<video>/<edit>/` (copied across file systems)."""
+    final = Path(out_root) / "results" / video_id / edit
+    sources = [Path(render.path) / name for name in PUBLISHED_FILES] + [Path(evaluate.path) / "metrics.json"]
+    with atomic_output_dir(final) as work:
+        for source in sources:
+            try:
+                os.link(source, work / source.name)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(source, work / source.name)
+        write_lineage(work, final, stage="publish", inputs=sources, params={"video": video_id, "edit": edit},
+                      run_id=run_id)
+    return final
+
+
+@dataclass
+class SummaryRow:
+    """One line of the batch summary: one edit of one video."""
+
+    video: str
+    edit: str
+    status: str
+    output: str
+    tl_id: float | None
+    tg_id: float | None
+    error: str
+
+
+def _state_message(state: State | None) -> str:
+    if state is None:
+        return "not run"
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - reported in the summary, not raised
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return state.message or state.name
+
+
+def write_summary(out_root: Path, rows: list[SummaryRow]) -> Path:
+    """`OUT/summary.csv`, replaced atomically."""
+    path = Path(out_root) / SUMMARY_FILE
+    with atomic_output_file(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(SummaryRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)
+    return path
+
+
+def results_storage(out: Path) -> str:
+    """A saved storage block for task results (the cache records) inside the output folder.
+
+    Keeping them with the outputs makes the cache follow the folder, and every worker that can
+    reach the folder can read them.
+    """
+    from prefect.filesystems import LocalFileSystem
+
+    folder = Path(out).resolve() / ".prefect" / "results"
+    name = f"dva-results-{content_key(str(folder))}"
+    LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+STAGES = ("extract", "align", "encode", "invert", "edit", "render", "evaluate")
+
+
+def resolve_edits(names: list[str], params: Params) -> dict[str, EditSpec]:
+    """Edit specs by name: names under `edits` in the params, spec files or inline JSON."""
+    from stages.edit_video import parse_edit_spec
+
+    edits = dict(parse_edit_spec(name, params) for name in names)
+    if not edits:
+        raise DvaError("no edits given: name at least one edit (--edit)")
+    return edits
+
+
+@flow(name="dva-batch", log_prints=True)
+def batch_flow(
+    videos: str,
+    edits: list[str],
+    checkpoint: str,
+    out_root: str,
+    params_file: str = "params.yaml",
+    retries: int = 2,
+    retry_delay_seconds: float = 10.0,
+    gpu_slots: int | None = None,
+) -> list[SummaryRow]:
+    """Extract, align, encode, invert, edit, render and evaluate every video; one bad video fails alone.
+
+    `videos` is a folder or a manifest, read again on every run, so a scheduled run picks up new
+    videos. Stage outputs are cached by content under `out_root/work`.
+    """
+    from stages.cli import stage_params
+
+    out = Path(out_root)
+    params = stage_params(Path(params_file))
+    specs = resolve_edits(edits, params)
+    sources = discover_videos(Path(videos))
+    if not Path(checkpoint).is_file():
+        raise InputError(checkpoint, "checkpoint not found")
+    ensure_gpu_limit(gpu_slots)
+    rows = _run_videos(sources, specs, checkpoint, out, params, retries, retry_delay_seconds)
+    write_summary(out, rows)
+    done = sum(row.status != "failed" for row in rows)
+    create_table_artifact(key=SUMMARY_ARTIFACT, table=[asdict(row) for row in rows],
+                          description=f"dva batch: {done} of {len(rows)} edits done")
+    return rows
+
+
+def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoint: str, out: Path, params: Params,
+                retries: int, retry_delay_seconds: float) -> list[SummaryRow]:
+    import json
+
+    logger = get_run_logger()
+    out_root = str(out)
+    options = dict(retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds) if retries else 0,
+                   result_storage=results_storage(out))
+    extract_run, align_run, encode_run, invert_run, edit_run, render_run, evaluate_run = (
+        stage_task.with_options(**options) for stage_task in
+        (extract_task, align_task, encode_task, invert_task, edit_task, render_task, evaluate_task)
+    )
+    checkpoint_sha256 = sha256_file(Path(checkpoint))
+    run_id = f"prefect:{flow_run.get_id()}"
+    planned = []
+    for source in sources:
+        try:
+            video_sha256 = sha256_file(Path(source.path))
+        except OSError as exc:
+            planned.append((source, {}, f"extract: {source.path}: cannot read ({exc.strerror})"))
+            continue
+        keys = stage_keys(video_sha256, checkpoint_sha256, params, specs)
+        extract = extract_run.submit(source.path, keys.extract, out_root, params)
+        align = align_run.submit(extract, keys.align, out_root, params)
+        encode = encode_run.submit(align, keys.encode, out_root, params)
+        invert = invert_run.submit(checkpoint, align, encode, keys.invert, out_root, params)
+        per_edit = {}
+        for name in specs:
+            edit = edit_run.submit(name, checkpoint, align, encode, invert, keys.edits[name], out_root, params)
+            render = render_run.submit(extract, align, invert, edit, keys.renders[name], out_root, params)
+            evaluate = evaluate_run.submit(align, encode, invert, edit, render, keys.evaluations[name], out_root,
+                                           params)
+            per_edit[name] = [extract, align, encode, invert, edit, render, evaluate]
+        planned.append((source, per_edit, None))
+
+    rows = []
+    for source, per_edit, error in planned:
+        if error is not None:
+            rows += [SummaryRow(source.video_id, name, "failed", "", None, None, error) for name in specs]
+            logger.error("%s failed: %s", source.video_id, error)
+            continue
+        for name, futures in per_edit.items():
+            for future in futures:
+                future.wait()
+            failed = next(((stage, future) for stage, future in zip(STAGES, futures)
+                           if not future.state.is_completed()), None)
+            if failed is not None:
+                message = f"{failed[0]}: {_state_message(failed[1].state)}"
+                rows.append(SummaryRow(source.video_id, name, "failed", "", None, None, message))
+                logger.error("%s / %s failed at %s", source.video_id, name, message)
+                continue
+            render, evaluate = futures[-2].result(), futures[-1].result()
+            published = publish(out, source.video_id, name, render, evaluate, run_id)
+            metrics = json.loads((Path(evaluate.path) / "metrics.json").read_text())
+            cached = all(future.state.name == "Cached" for future in futures)
+            rows.append(SummaryRow(source.video_id, name, "cached" if cached else "completed",
+                                   str(published / "edited.mp4"), metrics["edit"]["tl_id"], metrics["edit"]["tg_id"],
+                                   ""))
+    return rows

@@ -1,0 +1,198 @@
+"""The Prefect batch flow over short clips of the sample with two edits, on an ephemeral server:
+outputs and summary, a fully cached rerun, a retried transient fault, a corrupt video that fails
+alone, a local Dask cluster, and the `gpu` concurrency limit serialising GPU work.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+import yaml
+
+from .conftest import MICRO_PARAMS
+
+CLIP_FRAMES = 6
+EDITS = {
+    "anonymise": {"kind": "reference", "away": True, "strength": 0.8},
+    "nudge": {"kind": "reference", "away": True, "strength": 0.3, "seed": 1},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_home(tmp_path_factory):
+    """A private Prefect database and result store, so runs do not see the user's."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("prefect-home")
+    patch.setenv("PREFECT_HOME", str(home))
+    patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    patch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    patch.delenv("PREFECT_API_URL", raising=False)
+    yield home
+    patch.undo()
+
+
+def _clip(source: Path, destination: Path, start: int, video_tools) -> Path:
+    with av.open(str(source)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return video_tools.write_video(destination, frames[start : start + CLIP_FRAMES])
+
+
+@pytest.fixture(scope="session")
+def batch_setup(tmp_path_factory, sample_clip, micro_model, video_tools):
+    root = tmp_path_factory.mktemp("batch")
+    videos = root / "videos"
+    videos.mkdir()
+    for number, start in enumerate((0, 30, 60)):
+        _clip(sample_clip, videos / f"clip {number}.mp4", start, video_tools)
+    params = copy.deepcopy(MICRO_PARAMS) | {"extract": {"max_frames": CLIP_FRAMES}, "edits": EDITS}
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    return root, videos, params_file, micro_model.checkpoint
+
+
+def _batch(setup, videos: Path, out: Path, **options):
+    from stages.batch import run_batch
+
+    _, _, params_file, checkpoint = setup
+    return run_batch(videos, checkpoint, list(EDITS), out, params_file, retries=options.pop("retries", 0),
+                     retry_delay=0, quiet=True, **options)
+
+
+@pytest.fixture(scope="session")
+def first_batch(batch_setup):
+    root, videos, _, _ = batch_setup
+    out = root / "out"
+    return out, _batch(batch_setup, videos, out)
+
+
+def test_batch_writes_every_edited_video_and_the_summary(first_batch):
+    out, rows = first_batch
+    assert [(row.video, row.edit, row.status) for row in rows] == [
+        (video, edit, "completed") for video in ("clip_0", "clip_1", "clip_2") for edit in EDITS
+    ]
+    for row in rows:
+        folder = out / "results" / row.video / row.edit
+        assert Path(row.output) == folder / "edited.mp4"
+        with av.open(str(folder / "edited.mp4")) as container:
+            assert sum(1 for _ in container.decode(video=0)) == CLIP_FRAMES
+        assert (folder / "side_by_side.mp4").is_file() and (folder / "metrics.json").is_file()
+        assert row.tl_id is not None and row.tg_id is not None
+    with open(out / "summary.csv") as handle:
+        summary = list(csv.DictReader(handle))
+    assert [(line["video"], line["edit"], line["status"]) for line in summary] == [
+        (row.video, row.edit, row.status) for row in rows
+    ]
+
+
+def test_rerun_is_fully_cached(first_batch, batch_setup):
+    out, _ = first_batch
+    work = sorted(path.name for path in (out / "work").glob("*/*") if path.is_dir())
+    rows = _batch(batch_setup, batch_setup[1], out)
+    assert {row.status for row in rows} == {"cached"}
+    assert sorted(path.name for path in (out / "work").glob("*/*") if path.is_dir()) == work
+
+
+def test_changed_edit_reruns_only_its_edit_render_and_evaluate(first_batch, batch_setup, tmp_path):
+    out, _ = first_batch
+    root, videos, params_file, checkpoint = batch_setup
+    params = yaml.safe_load(params_file.read_text())
+    params["edits"]["nudge"]["strength"] = 0.5
+    changed = tmp_path / "params.yaml"
+    changed.write_text(yaml.safe_dump(params))
+    def folders(stage: str) -> set[Path]:
+        return {path for path in (out / "work" / stage).iterdir() if path.is_dir()}
+
+    before = {stage: folders(stage) for stage in ("extract", "invert", "edit", "render")}
+    single = tmp_path / "one"
+    single.mkdir()
+    shutil.copyfile(videos / "clip 0.mp4", single / "clip 0.mp4")
+
+    from stages.batch import run_batch
+
+    rows = run_batch(single, checkpoint, list(EDITS), out, changed, retries=0, quiet=True)
+    assert [(row.edit, row.status) for row in rows] == [("anonymise", "cached"), ("nudge", "completed")]
+    after = {stage: folders(stage) for stage in before}
+    assert after["extract"] == before["extract"] and after["invert"] == before["invert"]
+    assert len(after["edit"] - before["edit"]) == 1 and len(after["render"] - before["render"]) == 1
+
+
+def test_corrupt_video_fails_alone(first_batch, batch_setup, tmp_path):
+    out, _ = first_batch
+    videos = tmp_path / "mixed"
+    videos.mkdir()
+    for name in ("clip 0.mp4", "clip 1.mp4"):
+        shutil.copyfile(batch_setup[1] / name, videos / name)
+    (videos / "broken.mp4").write_bytes((batch_setup[1] / "clip 2.mp4").read_bytes()[:500])
+    rows = _batch(batch_setup, videos, out)
+    status = {(row.video, row.edit): row.status for row in rows}
+    assert status == {("broken", "anonymise"): "failed", ("broken", "nudge"): "failed",
+                      ("clip_0", "anonymise"): "cached", ("clip_0", "nudge"): "cached",
+                      ("clip_1", "anonymise"): "cached", ("clip_1", "nudge"): "cached"}
+    broken = next(row for row in rows if row.video == "broken")
+    assert broken.error.startswith("extract:") and "broken.mp4" in broken.error
+
+
+def test_transient_fault_is_retried(batch_setup, tmp_path, monkeypatch):
+    import stages.align
+
+    real, calls = stages.align.align_video, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("transient: disk briefly unavailable")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages.align, "align_video", flaky)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copyfile(batch_setup[1] / "clip 1.mp4", one / "clip 1.mp4")
+    rows = _batch(batch_setup, one, tmp_path / "out", retries=2)
+    assert len(calls) == 2
+    assert {row.status for row in rows} == {"completed"}
+
+
+def test_flow_on_a_local_dask_cluster(batch_setup, tmp_path):
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("clip 0.mp4", "clip 2.mp4"):
+        shutil.copyfile(batch_setup[1] / name, two / name)
+    rows = _batch(batch_setup, two, tmp_path / "out", runner="dask", workers=2)
+    assert [(row.video, row.status) for row in rows] == [
+        ("clip_0", "completed"), ("clip_0", "completed"), ("clip_2", "completed"), ("clip_2", "completed")
+    ]
+    assert all(Path(row.output).is_file() for row in rows)
+
+
+def test_gpu_limit_serialises_gpu_tasks():
+    from prefect import flow, task
+
+    from pipeline.flows import ensure_gpu_limit, gpu_device
+
+    spans, lock = [], threading.Lock()
+
+    @task
+    def hold_gpu(name: str) -> str:
+        with gpu_device() as device:
+            start = time.monotonic()
+            time.sleep(0.5)
+            with lock:
+                spans.append((start, time.monotonic()))
+        return device
+
+    @flow
+    def two_gpu_tasks() -> list[str]:
+        assert ensure_gpu_limit(1) == 1
+        futures = [hold_gpu.submit("a"), hold_gpu.submit("b")]
+        return [future.result() for future in futures]
+
+    assert two_gpu_tasks() == ["cpu", "cpu"]
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert second_start >= first_end
