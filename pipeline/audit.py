@@ -51,10 +51,9 @@ class AuditReport:
 
 
 def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+    """Relative to the working folder when inside it, absolute otherwise."""
+    relative = os.path.relpath(path)
+    return str(Path(path).resolve()) if relative.startswith("..") else relative
 
 
 def find_record(path: Path) -> Path | None:
@@ -107,7 +106,7 @@ class _Auditor:
         self.report.files_verified += 1
         return True
 
-    def follow(self, path: Path, expected: str, recorded_in: Path, depth: int) -> None:
+    def follow(self, path: Path, expected: str, recorded_in: Path, depth: int, source: bool = True) -> None:
         """Verify an input and walk to the record that produced it, or note it as a source."""
         if not self.verify(path, expected, recorded_in):
             return
@@ -118,7 +117,7 @@ class _Auditor:
                 self.problem(path, f"differs from what {_display(producer / LINEAGE_FILE)} recorded when written")
             self.walk(producer, depth + 1)
             return
-        if path in self.seen_sources:
+        if not source or path in self.seen_sources:
             return
         self.seen_sources.add(path)
         source = {"path": _display(path), "sha256": expected}
@@ -161,7 +160,7 @@ class _Auditor:
             info["path"] = _display(path)
             if "training_data_sha256" in weight:
                 info["training_files"] = len(weight["training_data_sha256"])
-            self.follow(path, weight["sha256"], folder, depth)
+            self.follow(path, weight["sha256"], folder, depth, source=False)
         if (role, weight["sha256"]) not in self.seen_weights:
             self.seen_weights.add((role, weight["sha256"]))
             self.report.weights.append(info)

@@ -8,6 +8,7 @@ a test may, and the caching behaviour they would show is the same.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,3 +117,20 @@ def test_changed_align_param_reruns_align_and_encode_only(dvc_repo):
     # The parameter reached the stage: masks are blurred differently now.
     assert (repo / "data/align" / VIDEO / "masks.npy").read_bytes() != masks_before
     assert "Data and pipelines are up to date." in run([*dvc, "status"], repo, env)
+
+
+def test_audit_of_a_dvc_output_reads_dvc_lock(dvc_repo, dva_executable):
+    repo, env, _, _ = dvc_repo
+    result = subprocess.run([dva_executable, "audit", "data/encode/carphone/features.parquet", "--json"],
+                            cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"]
+    assert [(source["path"], source.get("dvc_file")) for source in report["sources"]] == [
+        (f"data/raw/{VIDEO}.mp4", f"data/raw/{VIDEO}.mp4.dvc")
+    ]
+    stages = {record["stage"]: record for record in report["records"]}
+    assert set(stages) == set(STAGES)
+    for stage in STAGES:
+        assert stages[stage]["run_id"] == f"dvc:{stage}@{VIDEO}"
+        assert stages[stage]["dvc"]["lock_entry"] is True
