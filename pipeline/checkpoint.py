@@ -60,8 +60,9 @@ def save_training_state(
     generator: torch.Generator,
     step: int,
     fingerprint: str,
+    history: list[dict[str, float]] | None = None,
 ) -> None:
-    """Write everything needed to resume training at `step` (atomically)."""
+    """Write everything needed to resume training at `step` (atomically), with the loss history so far."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     optim_tensors, groups = _flatten_optimizer(optimizer.state_dict())
@@ -74,6 +75,7 @@ def save_training_state(
         "step": str(step),
         "fingerprint": fingerprint,
         "param_groups": groups,
+        "history": json.dumps(history or []),
     }
     with atomic_output_file(Path(path)) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
@@ -113,15 +115,15 @@ def load_training_state(
     ema: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-) -> tuple[int, str]:
-    """Restore a `save_training_state` file into the given objects; returns (step, fingerprint)."""
+) -> tuple[int, str, list[dict[str, float]]]:
+    """Restore a `save_training_state` file into the given objects; returns (step, fingerprint, history)."""
     tensors, metadata = _read(path)
     _load_weights(model, _subset(tensors, "model."), path)
     _load_weights(ema, _subset(tensors, "ema."), path)
     optimizer.load_state_dict(_unflatten_optimizer(_subset(tensors, "optim."), metadata["param_groups"]))
     generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
-    return int(metadata["step"]), metadata["fingerprint"]
+    return int(metadata["step"]), metadata["fingerprint"], json.loads(metadata.get("history", "[]"))
 
 
 def training_state_info(path: Path) -> tuple[int, str] | None:

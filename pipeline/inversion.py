@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from pipeline.diffusion import DDIMScheduler, ddim_invert, ddim_sample
+from pipeline.params import InferenceSettings
 from pipeline.unet import DiffusionVideoAutoencoder
+
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def prepare_model(model: DiffusionVideoAutoencoder, settings: InferenceSettings) -> DiffusionVideoAutoencoder:
+    """The model in the memory layout asked for, compiled when asked (the weights are shared)."""
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if settings.compile:
+        model.forward = torch.compile(model.forward, dynamic=False)
+    return model
+
+
+def denoiser(
+    model: DiffusionVideoAutoencoder, z_face: torch.Tensor, settings: InferenceSettings | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """eps(x_t, t) for a batch, under autocast when a lower precision is asked; always float32 out."""
+    settings = settings or InferenceSettings()
+    dtype = DTYPES[settings.precision]
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return model(x, t, z_face).float()
+
+    return predict
 
 
 def to_model_images(crops: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -38,9 +68,10 @@ def invert_frames(
     images: torch.Tensor,
     z_face: torch.Tensor,
     steps: int,
+    settings: InferenceSettings | None = None,
 ) -> torch.Tensor:
     """Noise maps `x_T` of a batch of clean frames (deterministic DDIM inversion)."""
-    return ddim_invert(lambda x, t: model(x, t, z_face).float(), images, scheduler, steps)
+    return ddim_invert(denoiser(model, z_face, settings), images, scheduler, steps)
 
 
 @torch.inference_mode()
@@ -50,6 +81,7 @@ def decode_frames(
     noise: torch.Tensor,
     z_face: torch.Tensor,
     steps: int,
+    settings: InferenceSettings | None = None,
 ) -> torch.Tensor:
     """Frames decoded from noise maps `x_T` (deterministic DDIM sampling)."""
-    return ddim_sample(lambda x, t: model(x, t, z_face).float(), noise, scheduler, steps)
+    return ddim_sample(denoiser(model, z_face, settings), noise, scheduler, steps)

@@ -103,7 +103,15 @@ class TrainParams(_Section):
     mixed_precision: bool = True
 
 
-class InvertParams(_Section):
+class InferenceSettings(_Section):
+    """How the UNet runs at inference: precision, memory layout, compilation (all measured in benchmarks/)."""
+
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+class InvertParams(InferenceSettings):
     steps: int = Field(default=50, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
@@ -165,7 +173,7 @@ class ReferenceEdit(_Section):
 EditSpec = Annotated[ClassifierEdit | TextEdit | ReferenceEdit, Field(discriminator="kind")]
 
 
-class EditParams(_Section):
+class EditParams(InferenceSettings):
     """Shared settings of the edit stage."""
 
     batch_size: int = Field(default=32, ge=1)

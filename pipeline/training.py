@@ -136,17 +136,20 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     scheduler = DDIMScheduler()
     expected = fingerprint(params, config, data_hashes)
-    start = 0
+    start, history = 0, []
     saved = checkpoint.training_state_info(state_path) if Path(state_path).is_file() else None
     # Resume only a run of the same setup that has not gone past the requested length.
     if saved is not None and saved[1] == expected and saved[0] <= params.steps:
-        start, _ = checkpoint.load_training_state(state_path, model, ema.shadow, optimizer, generator)
+        start, _, history = checkpoint.load_training_state(state_path, model, ema.shadow, optimizer, generator)
     network: nn.Module = model
     if world_size > 1:
         network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = autocast_dtype(device, params.mixed_precision)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
-    history: list[dict[str, float]] = []
+    if rank == 0 and log:
+        # A resumed run's curves start with the steps logged before the interruption.
+        for record in history:
+            log(record["step"], {key: value for key, value in record.items() if key != "step"})
     steps = range(start, params.steps)
     for step in progress(steps) if progress else steps:
         batch = sample_batch(clips, params.videos_per_batch, params.frames_per_video, generator).to(device)
@@ -177,5 +180,6 @@ def train(
             if log:
                 log(done, record)
         if rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
-            checkpoint.save_training_state(state_path, model, ema.shadow, optimizer, generator, done, expected)
+            checkpoint.save_training_state(state_path, model, ema.shadow, optimizer, generator, done, expected,
+                                           history)
     return TrainResult(model=ema.shadow, start_step=start, steps=params.steps, history=history)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,7 @@ from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
 from pipeline.identity import l2_normalise, make_identity_encoder
-from pipeline.inversion import (
-    decode_frames,
-    face_codes,
-    to_model_images,
-    to_uint8_crops,
-)
+from pipeline.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
 from pipeline.progress import progress_bar
@@ -158,12 +154,33 @@ def edit_video(
     run_id: str = "python",
 ) -> dict:
     """Decode every face frame of a video with the edited identity and blend it over the source."""
-    if name not in params.edits:
-        raise DvaError(f"edit {name!r} is not defined under `edits` in the params (known: {sorted(params.edits)})")
-    spec = params.edits[name]
+    return edit_videos({name: Path(out_dir)}, params, checkpoint, align_dir, encode_dir, invert_dir, baseline,
+                       progress, run_id)[name]
+
+
+def edit_videos(
+    out_dirs: dict[str, Path],
+    params: Params,
+    checkpoint: Path,
+    align_dir: Path,
+    encode_dir: Path,
+    invert_dir: Path,
+    baseline: bool = True,
+    progress: bool = True,
+    run_id: str = "python",
+) -> dict[str, dict]:
+    """Apply several edits (name -> output folder) to one video in one pass over its noise maps.
+
+    Each batch of frames is decoded once for all edits (and their baselines) together: the noise
+    maps and crops are read once and the UNet sees one larger batch, instead of one pass per edit.
+    """
+    unknown = sorted(set(out_dirs) - set(params.edits))
+    if unknown:
+        raise DvaError(f"edit {unknown[0]!r} is not defined under `edits` in the params (known: {sorted(params.edits)})")
     settings = params.edit
     device = resolve_device(settings.device)
     model, _ = load_model(checkpoint, device)
+    model = prepare_model(model, settings)
     crops, masks = open_crops(align_dir)
     status, frame_identities, landmarks, video_identity, _ = read_features(encode_dir)
     noise = np.load(Path(invert_dir) / NOISE_FILE, mmap_mode="r")
@@ -172,54 +189,71 @@ def edit_video(
     steps = int(invert_meta["steps"])
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     first = int(frames[0])
-    edit_one, facts = identity_edit(
-        name, spec, params, model, video_identity, (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first])),
-        device, progress,
-    )
-    edited_identity = edit_one(video_identity)
+    first_frame = (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]))
+    edits = {name: identity_edit(name, params.edits[name], params, model, video_identity, first_frame, device,
+                                 progress) for name in out_dirs}
+    edited_identities = {name: edit_one(video_identity) for name, (edit_one, _) in edits.items()}
     scheduler = DDIMScheduler()
     count, size = len(status), crops.shape[1]
-    batches = [frames[start : start + settings.batch_size] for start in range(0, len(frames), settings.batch_size)]
-    with atomic_output_dir(out_dir) as work:
-        outputs = {"edited": _open(work / EDITED_FILE, count, size), "edited_alpha": _open(work / ALPHA_FILE, count, size, 1)}
-        if baseline:
-            outputs["baseline"] = _open(work / BASELINE_FILE, count, size)
-            outputs["baseline_alpha"] = _open(work / BASELINE_ALPHA_FILE, count, size, 1)
+    # Each batch decodes len(frames) x len(streams) images; keep that within batch_size.
+    streams = [(name, kind) for name in out_dirs for kind in (("edited", "baseline") if baseline else ("edited",))]
+    per_batch = max(1, settings.batch_size // len(streams))
+    batches = [frames[start : start + per_batch] for start in range(0, len(frames), per_batch)]
+    with ExitStack() as stack:
+        works = {name: stack.enter_context(atomic_output_dir(out_dir)) for name, out_dir in out_dirs.items()}
+        outputs = {}
+        for name, kind in streams:
+            image_file, alpha_file = (EDITED_FILE, ALPHA_FILE) if kind == "edited" else (BASELINE_FILE,
+                                                                                            BASELINE_ALPHA_FILE)
+            outputs[name, kind] = (_open(works[name] / image_file, count, size),
+                                   _open(works[name] / alpha_file, count, size, 1))
         # no_face frames keep the zero crops and zero alphas they were created with: render skips them.
-        for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"edit {name}"):
+        label = ", ".join(out_dirs)
+        for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"edit {label}"):
             x_T = torch.from_numpy(np.ascontiguousarray(noise[rows])).to(device)
             source, reconstruction, face = np.asarray(crops[rows]), np.asarray(recon[rows]), np.asarray(masks[rows])
-            codes = {"edited": np.broadcast_to(edited_identity, (len(rows), len(edited_identity)))}
-            if baseline:
-                codes["baseline"] = np.stack([edit_one(frame_identities[row]) for row in rows])
-            for key, identity in codes.items():
-                with torch.inference_mode():
-                    z_face = face_codes(model, identity, landmarks[rows], device)
-                decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, steps))
+            identities = []
+            for name, kind in streams:
+                if kind == "edited":
+                    identities.append(np.broadcast_to(edited_identities[name], (len(rows), len(video_identity))))
+                else:
+                    identities.append(np.stack([edits[name][0](frame_identities[row]) for row in rows]))
+            with torch.inference_mode():
+                z_face = face_codes(model, np.concatenate(identities), np.tile(landmarks[rows], (len(streams), 1)),
+                                    device)
+            decoded = to_uint8_crops(decode_frames(model, scheduler, x_T.repeat(len(streams), 1, 1, 1), z_face,
+                                                   steps, settings))
+            for stream, key in enumerate(streams):
+                images, alphas = outputs[key]
                 for offset, row in enumerate(rows):
-                    alpha = edit_blend_mask(
-                        face[offset], decoded[offset], reconstruction[offset],
-                        settings.region_threshold, settings.region_dilation, settings.feather,
-                    )
-                    outputs[key][row] = blend(decoded[offset], source[offset], alpha)
-                    outputs[f"{key}_alpha"][row] = np.round(alpha * 255).astype(np.uint8)
-        for array in outputs.values():
-            array.flush()
+                    image = decoded[stream * len(rows) + offset]
+                    alpha = edit_blend_mask(face[offset], image, reconstruction[offset], settings.region_threshold,
+                                            settings.region_dilation, settings.feather)
+                    images[row] = blend(image, source[offset], alpha)
+                    alphas[row] = np.round(alpha * 255).astype(np.uint8)
+        for arrays in outputs.values():
+            for array in arrays:
+                array.flush()
         del outputs
-        info = {
-            "name": name,
-            "spec": spec.model_dump(),
-            "steps": steps,
-            "checkpoint_sha256": sha256_file(Path(checkpoint)),
-            "video_identity": video_identity.tolist(),
-            "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
-            "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
-        } | facts
-        (work / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        write_lineage(work, out_dir, stage="edit", inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec)],
-                      params={"edit": settings, "edits": {name: spec}, "baseline": baseline},
-                      weights={"autoencoder": Path(checkpoint)} | edit_weight_files(spec), run_id=run_id)
-    return info
+        infos = {}
+        checkpoint_sha256 = sha256_file(Path(checkpoint))
+        for name, out_dir in out_dirs.items():
+            spec, edited_identity = params.edits[name], edited_identities[name]
+            infos[name] = {
+                "name": name,
+                "spec": spec.model_dump(),
+                "steps": steps,
+                "checkpoint_sha256": checkpoint_sha256,
+                "video_identity": video_identity.tolist(),
+                "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
+                "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
+            } | edits[name][1]
+            (works[name] / INFO_FILE).write_text(json.dumps(infos[name], indent=2) + "\n")
+            write_lineage(works[name], out_dir, stage="edit",
+                          inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec)],
+                          params={"edit": settings, "edits": {name: spec}, "baseline": baseline},
+                          weights={"autoencoder": Path(checkpoint)} | edit_weight_files(spec), run_id=run_id)
+    return infos
 
 
 def _open(path: Path, count: int, size: int, channels: int = 3) -> np.ndarray:

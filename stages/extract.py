@@ -18,13 +18,7 @@ from pipeline.atomic import atomic_output_dir
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.progress import progress_bar
 from pipeline.tables import write_table
-from pipeline.video_io import (
-    LosslessFrameWriter,
-    VideoMeta,
-    copy_audio,
-    iter_frames,
-    probe,
-)
+from pipeline.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
 
 FRAMES_FILE = "frames.mkv"
 TABLE_FILE = "frames.parquet"

@@ -21,11 +21,7 @@ import pandas as pd
 import typer
 
 from pipeline.atomic import atomic_output_dir
-from pipeline.classifiers import (
-    IMAGE_COLUMN,
-    fit_attribute_classifiers,
-    read_label_table,
-)
+from pipeline.classifiers import IMAGE_COLUMN, fit_attribute_classifiers, read_label_table
 from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file

@@ -16,10 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import typer
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pipeline.atomic import atomic_output_dir
 from pipeline.checkpoint import load_model
@@ -27,13 +24,7 @@ from pipeline.device import resolve_device
 from pipeline.diffusion import DDIMScheduler
 from pipeline.errors import InputError
 from pipeline.hashing import sha256_file
-from pipeline.inversion import (
-    decode_frames,
-    face_codes,
-    invert_frames,
-    to_model_images,
-    to_uint8_crops,
-)
+from pipeline.inversion import decode_frames, face_codes, invert_frames, prepare_model, to_model_images, to_uint8_crops
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import InvertParams
 from pipeline.progress import progress_bar
@@ -69,6 +60,7 @@ def invert_video(
     """Invert and re-decode all face frames of one video; returns its metrics."""
     device = resolve_device(params.device)
     model, model_meta = load_model(checkpoint, device)
+    model = prepare_model(model, params)
     crops, _ = open_crops(align_dir)
     status, _, landmarks, identity, features_meta = read_features(encode_dir)
     if crops.shape[1] != model.config.resolution:
@@ -87,8 +79,8 @@ def invert_video(
         for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"invert S={params.steps}"):
             source = np.asarray(crops[rows])
             z_face = face_codes(model, identity, landmarks[rows], device)
-            x_T = invert_frames(model, scheduler, to_model_images(source, device), z_face, params.steps)
-            decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, params.steps))
+            x_T = invert_frames(model, scheduler, to_model_images(source, device), z_face, params.steps, params)
+            decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, params.steps, params))
             noise[rows] = x_T.cpu().numpy()
             recon[rows] = decoded
             psnr[rows], ssim[rows] = frame_quality(source, decoded)

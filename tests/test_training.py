@@ -71,15 +71,16 @@ def test_interrupted_training_resumes_bit_for_bit(clip, nano_config, tmp_path):
     assert first.start_step == 0 and state.is_file()  # saved at its last step, whatever checkpoint_every says
     resumed = _train(clip, nano_config, state, steps=6)
     assert resumed.start_step == 3
-    assert [record["step"] for record in resumed.history] == [4, 5, 6]
+    # The history carries over the interruption: the curve covers steps 1-6.
+    assert [record["step"] for record in resumed.history] == [1, 2, 3, 4, 5, 6]
     straight = _train(clip, nano_config, tmp_path / "other.safetensors", steps=6)
     assert straight.start_step == 0
     expected, actual = straight.model.state_dict(), resumed.model.state_dict()
     assert expected.keys() == actual.keys()
     different = [name for name in expected if not torch.equal(expected[name], actual[name])]
     assert not different, f"resumed EMA weights differ from an uninterrupted run: {different[:5]}"
-    # The losses logged after the resume are the uninterrupted run's, to the bit.
-    assert resumed.history == straight.history[3:]
+    # The losses, before and after the resume, are the uninterrupted run's, to the bit.
+    assert resumed.history == straight.history
 
 
 def test_changed_training_params_ignore_existing_state(clip, nano_config, tmp_path):
