@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from prefect.tasks import exponential_backoff
 from pipeline.atomic import atomic_output_dir, atomic_output_file
 from pipeline.errors import DvaError, InputError
 from pipeline.hashing import content_key, sha256_file
-from pipeline.lineage import LINEAGE_FILE, write_lineage
+from pipeline.lineage import LINEAGE_FILE, read_lineage, write_lineage
 from pipeline.params import EditSpec, Params
 from pipeline.video_sources import VideoSource, discover_videos
 
@@ -49,6 +49,7 @@ class Artifact:
     stage: str
     key: str
     path: str
+    built_by: str  # run id in the folder's lineage record: which task run did the work
 
 
 @dataclass
@@ -69,9 +70,10 @@ def stage_keys(video_sha256: str, checkpoint_sha256: str, params: Params, edits:
     extract = content_key("extract", video_sha256, params.extract)
     align = content_key("align", extract, params.align, params.model.crop_size)
     encode = content_key("encode", align, params.encode)
-    invert = content_key("invert", encode, checkpoint_sha256, params.invert.steps, params.invert.batch_size)
-    edit_keys = {name: content_key("edit", invert, name, spec, params.edit.region_threshold,
-                                   params.edit.region_dilation, params.edit.feather) for name, spec in edits.items()}
+    # The device does not change what is computed; batch size and precision may, in the last bits.
+    invert = content_key("invert", encode, checkpoint_sha256, params.invert.model_dump(exclude={"device"}))
+    edit_settings = params.edit.model_dump(exclude={"device"})
+    edit_keys = {name: content_key("edit", invert, name, spec, edit_settings) for name, spec in edits.items()}
     renders = {name: content_key("render", extract, key, params.render) for name, key in edit_keys.items()}
     evaluations = {name: content_key("evaluate", renders[name], params.encode) for name in edits}
     return StageKeys(extract, align, encode, invert, edit_keys, renders, evaluations)
@@ -95,13 +97,25 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _folder(out_root: Path, stage: str, key: str) -> Path:
+    return Path(out_root) / "work" / stage / key
+
+
+def _lock(out_root: Path, stage: str, key: str):
+    return _file_lock(Path(out_root) / "work" / ".locks" / f"{stage}-{key}.lock")
+
+
+def _artifact(stage: str, key: str, folder: Path) -> Artifact:
+    return Artifact(stage, key, str(folder), read_lineage(folder)["run_id"])
+
+
 def build_once(out_root: Path, stage: str, key: str, build: Callable[[Path], object]) -> Artifact:
     """Run `build(folder)` unless `OUT/work/<stage>/<key>` is already complete (one builder at a time)."""
-    folder = Path(out_root) / "work" / stage / key
-    with _file_lock(Path(out_root) / "work" / ".locks" / f"{stage}-{key}.lock"):
+    folder = _folder(out_root, stage, key)
+    with _lock(out_root, stage, key):
         if not (folder / LINEAGE_FILE).is_file():
             build(folder)
-    return Artifact(stage, key, str(folder))
+    return _artifact(stage, key, folder)
 
 
 def _run_id() -> str:
@@ -208,34 +222,42 @@ def invert_task(
 
 
 @task(name="edit", **TASK_OPTIONS)
-def edit_task(name: str, checkpoint: str, align: Artifact, encode: Artifact, invert: Artifact, key: str,
-              out_root: str, params: Params) -> Artifact:
-    from stages.edit import edit_video
+def edit_task(edit_keys: dict[str, str], checkpoint: str, align: Artifact, encode: Artifact, invert: Artifact,
+              key: str, out_root: str, params: Params) -> dict[str, Artifact]:
+    """All edits of one video: those not already stored are decoded together in one batched pass."""
+    from stages.edit import edit_videos
 
-    def build(folder: Path) -> None:
-        with gpu_device() as device:
-            settings = params.model_copy(update={"edit": params.edit.model_copy(update={"device": device})})
-            edit_video(name, settings, Path(checkpoint), Path(align.path), Path(encode.path), Path(invert.path),
-                       folder, baseline=True, progress=False, run_id=_run_id())
-
-    return build_once(Path(out_root), "edit", key, build)
+    out = Path(out_root)
+    folders = {name: _folder(out, "edit", edit_key) for name, edit_key in edit_keys.items()}
+    with ExitStack() as locks:
+        for edit_key in sorted(set(edit_keys.values())):  # one order for every run: no deadlock
+            locks.enter_context(_lock(out, "edit", edit_key))
+        missing = {name: folder for name, folder in folders.items() if not (folder / LINEAGE_FILE).is_file()}
+        if missing:
+            with gpu_device() as device:
+                settings = params.model_copy(update={"edit": params.edit.model_copy(update={"device": device})})
+                edit_videos(missing, settings, Path(checkpoint), Path(align.path), Path(encode.path),
+                            Path(invert.path), baseline=True, progress=False, run_id=_run_id())
+    return {name: _artifact("edit", edit_keys[name], folder) for name, folder in folders.items()}
 
 
 @task(name="render", **TASK_OPTIONS)
-def render_task(extract: Artifact, align: Artifact, invert: Artifact, edit: Artifact, key: str, out_root: str,
-                params: Params) -> Artifact:
+def render_task(extract: Artifact, align: Artifact, invert: Artifact, edits: dict[str, Artifact], name: str,
+                key: str, out_root: str, params: Params) -> Artifact:
     from stages.render import render_video
 
+    edit = edits[name]
     return build_once(Path(out_root), "render", key, lambda folder: render_video(
         Path(extract.path), Path(align.path), Path(invert.path), Path(edit.path), folder, params.render,
         progress=False, run_id=_run_id()))
 
 
 @task(name="evaluate", **TASK_OPTIONS)
-def evaluate_task(align: Artifact, encode: Artifact, invert: Artifact, edit: Artifact, render: Artifact, key: str,
-                  out_root: str, params: Params) -> Artifact:
+def evaluate_task(align: Artifact, encode: Artifact, invert: Artifact, edits: dict[str, Artifact], name: str,
+                  render: Artifact, key: str, out_root: str, params: Params) -> Artifact:
     from stages.evaluate import evaluate_edit
 
+    edit = edits[name]
     return build_once(Path(out_root), "evaluate", key, lambda folder: evaluate_edit(
         Path(align.path), Path(encode.path), Path(invert.path), Path(edit.path), Path(render.path), folder,
         params.encode, progress=False, run_id=_run_id()))
@@ -377,13 +399,14 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoi
         align = align_run.submit(extract, keys.align, out_root, params)
         encode = encode_run.submit(align, keys.encode, out_root, params)
         invert = invert_run.submit(checkpoint, align, encode, keys.invert, out_root, params)
+        edits = edit_run.submit(keys.edits, checkpoint, align, encode, invert,
+                                content_key("edits", sorted(keys.edits.items())), out_root, params)
         per_edit = {}
         for name in specs:
-            edit = edit_run.submit(name, checkpoint, align, encode, invert, keys.edits[name], out_root, params)
-            render = render_run.submit(extract, align, invert, edit, keys.renders[name], out_root, params)
-            evaluate = evaluate_run.submit(align, encode, invert, edit, render, keys.evaluations[name], out_root,
-                                           params)
-            per_edit[name] = [extract, align, encode, invert, edit, render, evaluate]
+            render = render_run.submit(extract, align, invert, edits, name, keys.renders[name], out_root, params)
+            evaluate = evaluate_run.submit(align, encode, invert, edits, name, render, keys.evaluations[name],
+                                           out_root, params)
+            per_edit[name] = [extract, align, encode, invert, edits, render, evaluate]
         planned.append((source, per_edit, None))
 
     rows = []
@@ -402,10 +425,13 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoi
                 rows.append(SummaryRow(source.video_id, name, "failed", "", None, None, message))
                 logger.error("%s / %s failed at %s", source.video_id, name, message)
                 continue
-            render, evaluate = futures[-2].result(), futures[-1].result()
+            artifacts = [future.result() for future in futures]
+            artifacts[4] = artifacts[4][name]
+            render, evaluate = artifacts[-2], artifacts[-1]
             published = publish(out, source.video_id, name, render, evaluate, run_id)
             metrics = json.loads((Path(evaluate.path) / "metrics.json").read_text())
-            cached = all(future.state.name == "Cached" for future in futures)
+            # Cached: every stage output of this edit was built by an earlier run (or another one).
+            cached = not any(artifact.built_by.startswith(run_id + "/") for artifact in artifacts)
             rows.append(SummaryRow(source.video_id, name, "cached" if cached else "completed",
                                    str(published / "edited.mp4"), metrics["edit"]["tl_id"], metrics["edit"]["tg_id"],
                                    ""))
