@@ -20,6 +20,8 @@ from pipeline.errors import InputError
 # FFV1 with a packed RGB layout is lossless for 8-bit RGB (yuv444p would round colours).
 LOSSLESS_CODEC = "ffv1"
 LOSSLESS_PIX_FMT = "bgr0"
+# No random segment ids, dates or version strings in written files: a rerun writes the same bytes.
+BITEXACT = {"fflags": "+bitexact"}
 MAX_PIXELS = 8192 * 8192
 
 
@@ -185,7 +187,7 @@ class LosslessFrameWriter:
     """Append RGB frames to a lossless FFV1/Matroska file (one file per video, streamed)."""
 
     def __init__(self, path: Path, width: int, height: int):
-        self._container = av.open(str(path), mode="w", format="matroska")
+        self._container = av.open(str(path), mode="w", format="matroska", options=BITEXACT)
         # Four slices let the encoder use every core; Golomb-Rice coding is ~10% faster than the
         # range coder at the same size on camera footage (benchmarks/extract_bench.py).
         options = {"slices": "4", "coder": "0", "context": "0"}
@@ -254,7 +256,7 @@ def copy_audio(source: Path, destination: Path) -> bool:
         audio = container.streams.audio[0]
         try:
             # Keep negative timestamps (AAC encoder priming): shifting them to 0 delays the audio.
-            options = {"avoid_negative_ts": "disabled"}
+            options = {"avoid_negative_ts": "disabled"} | BITEXACT
             with av.open(str(destination), mode="w", format="matroska", options=options) as output:
                 stream = output.add_stream_from_template(audio)
                 for packet in container.demux(audio):
@@ -290,7 +292,7 @@ class VideoEncoder:
         preset: str = "medium",
         audio_source: Path | None = None,
     ):
-        self._container = av.open(str(path), mode="w", format="mp4")
+        self._container = av.open(str(path), mode="w", format="mp4", options=BITEXACT)
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25, 1)
         self._video = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
         self._video.width, self._video.height = width, height

@@ -1,0 +1,126 @@
+"""Faults: every stage killed with SIGKILL mid-run leaves no partial artifact under its final name,
+and rerunning it gives outputs identical to an uninterrupted run (stale temporaries are removed);
+training killed after a checkpoint resumes from it and ends with the uninterrupted run's weights;
+two `dva batch` runs over one output folder at once neither corrupt nor duplicate outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from pipeline.lineage import LINEAGE_FILE, folder_files
+from stages.edit import edit_video
+
+from .conftest import MICRO_PARAMS, SAMPLE_FRAMES
+
+EDITS = {"anon": {"kind": "reference", "away": True, "strength": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def fault_setup(micro_model, micro_inversion, sample_run, sample_clip, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    params = copy.deepcopy(MICRO_PARAMS) | {"edits": EDITS, "extract": {"max_frames": SAMPLE_FRAMES}}
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    edit = root / "edit"
+    edit_video("anon", micro_model.settings(edits=EDITS), micro_model.checkpoint, sample_run.align, sample_run.encode,
+               micro_inversion, edit, progress=False)
+    from stages.render import render_video
+
+    render = root / "render"
+    render_video(sample_run.extract, sample_run.align, micro_inversion, edit, render,
+                 micro_model.settings().render, progress=False)
+    checkpoint, run, inversion = str(micro_model.checkpoint), sample_run, str(micro_inversion)
+    commands = {
+        "extract": ["extract", str(sample_clip)],
+        "align": ["align", str(run.extract)],
+        "encode": ["encode", str(run.align)],
+        "invert": ["invert", checkpoint, str(run.align), str(run.encode)],
+        "edit-frames": ["edit-frames", "anon", checkpoint, str(run.align), str(run.encode), inversion],
+        "render": ["render", str(run.extract), str(run.align), inversion, str(edit)],
+        "evaluate": ["evaluate", str(run.align), str(run.encode), inversion, str(edit), str(render)],
+    }
+    return root, params_file, commands
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    """Every output file but the lineage record (which holds run ids and times)."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder_files(folder)
+            if path.name != LINEAGE_FILE}
+
+
+def _temporaries(out: Path) -> list[Path]:
+    return list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def _kill_mid_run(command: list[str], out: Path, attempts: int = 5) -> None:
+    """Start `command`, SIGKILL it once its temporary output exists, before it is renamed into place."""
+    for _ in range(attempts):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while process.poll() is None and not _temporaries(out) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if process.returncode == -signal.SIGKILL and not out.exists():
+            return
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+    pytest.fail(f"could not catch {command[1]} mid-run in {attempts} attempts")
+
+
+@pytest.mark.parametrize("stage", ["extract", "align", "encode", "invert", "edit-frames", "render", "evaluate"])
+def test_killed_stage_reruns_to_identical_outputs(fault_setup, dva_executable, stage):
+    root, params_file, commands = fault_setup
+    reference, out = root / f"{stage}-reference", root / f"{stage}-killed"
+    options = ["--params", str(params_file), "--quiet"]
+    subprocess.run([dva_executable, *commands[stage], str(reference), *options], check=True, timeout=600)
+
+    _kill_mid_run([dva_executable, *commands[stage], str(out), *options], out)
+    assert not out.exists(), "a partial artifact is visible under the final name"
+    assert _temporaries(out), "the killed run left no temporary: it was not caught mid-run"
+
+    subprocess.run([dva_executable, *commands[stage], str(out), *options], check=True, timeout=600)
+    assert _contents(out) == _contents(reference)
+    assert not _temporaries(out), "the rerun did not remove the killed run's temporary"
+
+
+def test_killed_training_resumes_from_its_checkpoint(micro_model, dva_executable, tmp_path):
+    params = copy.deepcopy(MICRO_PARAMS)
+    params["train"] |= {"steps": 8, "checkpoint_every": 2}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    train = [dva_executable, "train", "--data-root", str(micro_model.data_root), "--params", str(params_file),
+             "--quiet"]
+    subprocess.run([*train, str(tmp_path / "straight"), "--state-file", str(tmp_path / "straight.safetensors")],
+                   check=True, timeout=600)
+
+    state = tmp_path / "state.safetensors"
+    process = subprocess.Popen([*train, str(tmp_path / "killed"), "--state-file", str(state)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None and not state.exists():
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (tmp_path / "killed").exists()
+
+    resumed = subprocess.run([*train, str(tmp_path / "killed"), "--state-file", str(state)], check=True,
+                             capture_output=True, text=True, timeout=600)
+    summary = yaml.safe_load((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["start_step"] > 0, resumed.stdout
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    killed = load_file(tmp_path / "killed" / "model.safetensors")
+    assert straight.keys() == killed.keys()
+    assert all((straight[name] == killed[name]).all() for name in straight)
