@@ -190,7 +190,8 @@ class LosslessFrameWriter:
         self._container = av.open(str(path), mode="w", format="matroska", options=BITEXACT)
         # Four slices let the encoder use every core; Golomb-Rice coding is ~10% faster than the
         # range coder at the same size on camera footage (benchmarks/extract_bench.py).
-        options = {"slices": "4", "coder": "0", "context": "0"}
+        # Tiny frames (a few rows) cannot be cut into slices.
+        options = {"coder": "0", "context": "0"} | ({"slices": "4"} if min(width, height) >= 64 else {})
         self._stream = self._container.add_stream(LOSSLESS_CODEC, rate=Fraction(25, 1), options=options)
         self._stream.width = width
         self._stream.height = height
