@@ -12,7 +12,6 @@ from pathlib import Path
 
 from pipeline.errors import DvaError
 
-
 # Part of temporary names, which are parsed back: no "-" or "." inside.
 HOST = socket.gethostname().replace("-", "_").replace(".", "_")
 

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ParamsError
 
@@ -20,14 +20,35 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def safe_relative_path(value: str, root: str = "data") -> str:
-    """Reject paths that are absolute or escape `root` (e.g. `../x`); return the normalised path."""
+def safe_relative_path(value: str, root: str | tuple[str, ...] = "data") -> str:
+    """Reject paths that are absolute or escape the project's `root` folder(s); return the normalised path.
+
+    Paths in params files and manifests are data, and data must not point the pipeline at files
+    outside the project (a symlink under `data/` or `models/` is the way to use files kept elsewhere).
+    """
+    roots = (root,) if isinstance(root, str) else root
+    where = " or ".join(f"{name}/" for name in roots)
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"path {value!r} must be relative and stay inside {root}/")
-    if path.parts[:1] != (root,):
-        raise ValueError(f"path {value!r} must lie under {root}/")
+        raise ValueError(f"path {value!r} must be relative and stay inside {where}")
+    if path.parts[:1] not in [(name,) for name in roots]:
+        raise ValueError(f"path {value!r} must lie under {where}")
     return str(path)
+
+
+WEIGHT_ROOTS = ("models", "data")
+
+
+def _data_path(value: str | None) -> str | None:
+    return None if value is None else safe_relative_path(value)
+
+
+def _weights_path(value: str | None) -> str | None:
+    return None if value is None else safe_relative_path(value, WEIGHT_ROOTS)
+
+
+DataPath = Annotated[str, AfterValidator(_data_path)]
+WeightsPath = Annotated[str, AfterValidator(_weights_path)]
 
 
 class VideoParams(_Section):
@@ -45,7 +66,7 @@ class ExtractParams(_Section):
 
 class AlignParams(_Section):
     backend: Literal["dlib", "face_alignment"] = "dlib"
-    fan_weights: str | None = None
+    fan_weights: WeightsPath | None = None
     detector_upsample: int = Field(default=1, ge=0, le=4)
     detection_threshold: float = 0.5
     face_index: int = Field(default=0, ge=0)
@@ -57,7 +78,7 @@ class AlignParams(_Section):
 
 class EncodeParams(_Section):
     backend: Literal["dlib", "arcface"] = "dlib"
-    arcface_weights: str | None = None
+    arcface_weights: WeightsPath | None = None
 
 
 class ModelParams(_Section):
@@ -132,7 +153,7 @@ class ClassifierEdit(_Section):
     """Move the identity along fitted attribute directions (`fit_classifiers` output)."""
 
     kind: Literal["classifier"]
-    classifier: str = "data/classifiers/classifier.safetensors"
+    classifier: DataPath = "data/classifiers/classifier.safetensors"
     attributes: dict[str, float]
 
 
@@ -143,7 +164,7 @@ class TextEdit(_Section):
     target_text: str
     source_text: str = "face"
     clip_model: str = "ViT-B-32"
-    clip_weights: str | None = None
+    clip_weights: WeightsPath | None = None
     iterations: int = Field(default=2000, ge=1)
     lr: float = Field(default=0.002, gt=0)
     w_clip: float = 3.0
@@ -158,7 +179,7 @@ class ReferenceEdit(_Section):
     """Move the identity toward a reference face (image or video), or away from the video's own (anonymise)."""
 
     kind: Literal["reference"]
-    reference: str | None = None
+    reference: DataPath | None = None
     away: bool = False
     strength: float = Field(default=0.5, ge=0)
     seed: int = 0
@@ -223,6 +244,18 @@ class Params(_Section):
         for name in value:
             if not VIDEO_ID_PATTERN.match(name):
                 raise ValueError(f"edit name {name!r} must be a plain name (letters, digits, '_', '-', '.')")
+        return value
+
+    @field_validator("fit_classifiers")
+    @classmethod
+    def _label_paths_inside_data(cls, value: "FitClassifiersParams") -> "FitClassifiersParams":
+        # Checked here, not on the section: `dva fit-classifiers --labels` may name any file.
+        for name in ("labels", "images"):
+            if getattr(value, name) is not None:
+                try:
+                    safe_relative_path(getattr(value, name))
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
         return value
 
     @model_validator(mode="after")
