@@ -16,6 +16,7 @@ import typer
 from pipeline.errors import DvaError, InputError
 
 RUNNERS = ("threads", "dask")
+EPHEMERAL_STARTUP_SECONDS = 120
 
 
 def make_task_runner(runner: str, address: str | None, workers: int):
@@ -53,16 +54,30 @@ def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, param
               gpu_slots: int | None = None, quiet: bool = False) -> list:
     """Run the batch flow once (ephemeral Prefect server unless PREFECT_API_URL is set); returns its rows."""
     check_batch_inputs(videos, checkpoint, edits, params_file)
-    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+    from prefect.settings import (
+        PREFECT_LOGGING_LEVEL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     from pipeline.flows import batch_flow
 
     task_runner = make_task_runner(runner, address, workers)
-    with temporary_settings(updates={PREFECT_LOGGING_LEVEL: "WARNING"} if quiet else {}):
-        return batch_flow.with_options(task_runner=task_runner)(
-            videos=str(videos), edits=edits, checkpoint=str(checkpoint), out_root=str(out),
-            params_file=str(params_file), retries=retries, retry_delay_seconds=retry_delay, gpu_slots=gpu_slots,
-        )
+    # A busy machine can take longer than Prefect's default 20 s to start its temporary server.
+    updates = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: max(
+        EPHEMERAL_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())}
+    if quiet:
+        updates[PREFECT_LOGGING_LEVEL] = "WARNING"
+    with temporary_settings(updates=updates):
+        try:
+            return batch_flow.with_options(task_runner=task_runner)(
+                videos=str(videos), edits=edits, checkpoint=str(checkpoint), out_root=str(out),
+                params_file=str(params_file), retries=retries, retry_delay_seconds=retry_delay, gpu_slots=gpu_slots,
+            )
+        except RuntimeError as exc:
+            if "Prefect API" not in str(exc):
+                raise
+            raise DvaError(f"Prefect: {exc} (start one with `dva server` and set PREFECT_API_URL)") from None
 
 
 def print_summary(rows: list) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,6 +22,7 @@ from pipeline.lineage import LINEAGE_FILE, folder_files
 from stages.edit import edit_video
 
 from .conftest import MICRO_PARAMS, SAMPLE_FRAMES
+from .test_flows import batch_setup, prefect_home  # noqa: F401 - shared fixtures
 
 EDITS = {"anon": {"kind": "reference", "away": True, "strength": 1.0}}
 
@@ -74,8 +76,6 @@ def _kill_mid_run(command: list[str], out: Path, attempts: int = 5) -> None:
         if process.returncode == -signal.SIGKILL and not out.exists():
             return
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
     pytest.fail(f"could not catch {command[1]} mid-run in {attempts} attempts")
 
@@ -124,3 +124,31 @@ def test_killed_training_resumes_from_its_checkpoint(micro_model, dva_executable
     killed = load_file(tmp_path / "killed" / "model.safetensors")
     assert straight.keys() == killed.keys()
     assert all((straight[name] == killed[name]).all() for name in straight)
+
+
+def test_two_batches_over_one_output_folder_at_once(batch_setup, dva_executable, tmp_path):  # noqa: F811
+    _, videos, params_file, checkpoint = batch_setup
+    one = tmp_path / "videos"
+    one.mkdir()
+    shutil.copyfile(videos / "clip 1.mp4", one / "clip 1.mp4")
+    out = tmp_path / "out"
+    processes = []
+    for run in range(2):
+        # Each run its own Prefect database: this is about the output folder they share.
+        env = os.environ | {"PREFECT_HOME": str(tmp_path / f"prefect-{run}"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        env.pop("PREFECT_API_URL", None)
+        processes.append(subprocess.Popen(
+            [dva_executable, "batch", str(one), "--checkpoint", str(checkpoint), "--edit", "anonymise", "--edit",
+             "nudge", "--out", str(out), "--params", str(params_file), "--retries", "0", "--quiet"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = [process.communicate(timeout=900)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    for stage in ("extract", "align", "encode", "invert", "edit", "render", "evaluate"):
+        built = [path for path in (out / "work" / stage).iterdir() if path.is_dir()]
+        assert len(built) == (2 if stage in ("edit", "render", "evaluate") else 1), (stage, built)
+    assert not [path for path in out.rglob("*") if ".tmp-" in path.name]
+    for edit in ("anonymise", "nudge"):
+        target = out / "results" / "clip_1" / edit / "edited.mp4"
+        audit = subprocess.run([dva_executable, "audit", str(target)], capture_output=True, text=True, timeout=300)
+        assert audit.returncode == 0, audit.stderr
