@@ -116,7 +116,8 @@ def test_csv_table_end_to_end(faces, tmp_path):
     out = tmp_path / "classifiers"
     card = _run(labels, out)
 
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "classifier.safetensors", "metrics.json"]
+    produced = sorted(p.name for p in out.iterdir())
+    assert produced == ["card.json", "classifier.safetensors", "lineage.json", "metrics.json"]
     assert json.loads((out / "card.json").read_text()) == card
     assert card["images_listed"] == len(table)
     assert card["images_skipped"] == 1 and card["skipped_examples"] == [NO_FACE_IMAGE]
@@ -135,8 +136,12 @@ def test_csv_table_end_to_end(faces, tmp_path):
     assert classifier.attributes == ["Carphone"] and classifier.dim == 128
 
 
-def test_celeba_table_through_cli(faces, tmp_path):
+def test_celeba_table_through_cli(faces, tmp_path, monkeypatch):
     folder, table = faces
+    # Paths in params.yaml stay inside the project's data/: the image folder is linked there.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "celeba").symlink_to(folder, target_is_directory=True)
     # CelebA layout: the table lives apart from its image folder and holds -1/1 values.
     labels = tmp_path / "list_attr_celeba.txt"
     lines = [str(len(table)), "Carphone Mirrored"]
@@ -145,7 +150,7 @@ def test_celeba_table_through_cli(faces, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(
         f"model:\n  resolution: {CROP_SIZE}\n"
-        f"fit_classifiers:\n  images: {folder}\n  max_images: 24\n  holdout_fraction: 0.3\n  epochs: 200\n"
+        "fit_classifiers:\n  images: data/celeba\n  max_images: 24\n  holdout_fraction: 0.3\n  epochs: 200\n"
     )
     out = tmp_path / "classifiers"
     result = CliRunner().invoke(_app(), [str(out), "--params", str(params), "--labels", str(labels), "--quiet"])

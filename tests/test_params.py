@@ -117,6 +117,12 @@ FUZZED_KEYS = [
     ("model", "resolution"),
     ("train", "lr"),
     ("train", "videos"),
+    ("align", "fan_weights"),
+    ("encode", "arcface_weights"),
+    ("invert", "precision"),
+    ("invert", "channels_last"),
+    ("edit", "compile"),
+    ("render", "crf"),
 ]
 
 yaml_values = st.recursive(
@@ -145,6 +151,8 @@ def test_fuzzed_values_validate_or_name_the_key(key, value):
     stored = getattr(getattr(params, section), name)
     if (section, name) == ("model", "resolution") and stored is not None:
         assert stored >= 16 and stored & (stored - 1) == 0
+    if name.endswith("_weights") and stored is not None:
+        assert stored.split("/")[0] in ("models", "data") and ".." not in stored.split("/")
     if (section, name) == ("train", "lr"):
         assert isinstance(stored, float) and 0 < stored < float("inf")
     # A validated config survives a YAML round trip unchanged (what `dvc params diff` compares).
