@@ -65,17 +65,20 @@ def make_face_clip(path: Path, seconds: float, fps: int) -> int:
     return count
 
 
+# Runs the command and prints its peak RSS (KiB). A launcher this small matters: a child's ru_maxrss
+# also counts the memory of the process it was forked from, which here holds torch and a model.
+LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
 def run_measured(command: list[str]) -> tuple[float, float]:
     """Wall seconds and peak resident MiB of one child process (which must succeed)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    stderr = process.stderr.read()
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {stderr.strip()}")
-    return wall, usage.ru_maxrss / 1024
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
+    return wall, int(done.stdout.split()[-1]) / 1024
 
 
 def stage_commands(dva: str, clip: Path, work: Path, checkpoint: Path) -> list[tuple[str, list[str]]]:
@@ -110,7 +113,7 @@ def benchmark_clip(dva: str, seconds: float, fps: int, root: Path, checkpoint: P
             "pipeline_peak_rss_mib": max(row["peak_rss_mib"] for row in rows)}
 
 
-def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch: int = 8) -> list[dict]:
+def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch: int = 4) -> list[dict]:
     """Seconds per frame of a DDIM decode under each inference setting the params offer."""
     from pipeline.diffusion import DDIMScheduler
     from pipeline.inversion import decode_frames, prepare_model
@@ -129,7 +132,7 @@ def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch
         z_face = torch.randn(batch, model.config.embed_dim, generator=torch.Generator().manual_seed(1)).to(device)
         reference = None
         timings = []
-        for repeat in range(3):  # the first run includes compilation
+        for repeat in range(2):  # the first run includes compilation
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
