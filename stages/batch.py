@@ -9,6 +9,7 @@ video. Finished edits land in OUT/results/<video>/<edit>/, with OUT/summary.csv 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -110,6 +111,9 @@ def cli(
                                                     "(default: the number of visible GPUs, at least 1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
+    if quiet:
+        # Prefect configures its loggers when first imported, before run_batch's settings apply.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     rows = run_batch(videos, checkpoint, edit, out, params, runner, address, workers, retries, retry_delay,
                      gpu_slots, quiet)
     print_summary(rows)
