@@ -8,7 +8,6 @@ DVC recorded by md5 must still match.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import InputError
+from pipeline.hashing import file_digest
 from pipeline.lineage import LINEAGE_FILE, file_sha256, read_lineage
 
 CODE_SUFFIXES = (".py", ".toml")
@@ -69,14 +69,6 @@ def find_record(path: Path) -> Path | None:
     return None
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _dvc_root(folder: Path) -> Path | None:
     for candidate in (folder, *folder.parents):
         if (candidate / "dvc.lock").is_file():
@@ -126,7 +118,7 @@ class _Auditor:
             outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
             recorded = outs[0].get("md5")
             source["dvc_file"] = _display(dvc_file)
-            if recorded != _md5(path):
+            if recorded != file_digest(path, "md5"):
                 self.problem(path, f"md5 differs from {_display(dvc_file)}")
         self.report.sources.append(source)
 
@@ -184,7 +176,7 @@ class _Auditor:
                 path = root / item["path"]
                 if str(item.get("md5", "")).endswith(".dir") or not path.is_file():
                     continue  # folders are covered file by file by the lineage records
-                if _md5(path) == item.get("md5"):
+                if file_digest(path, "md5") == item.get("md5"):
                     continue
                 if path.suffix in CODE_SUFFIXES:
                     result["code_changed"].append(item["path"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -272,8 +273,6 @@ def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate
             try:
                 os.link(source, work / source.name)
             except OSError:
-                import shutil
-
                 shutil.copyfile(source, work / source.name)
         write_lineage(work, final, stage="publish", inputs=sources, params={"video": video_id, "edit": edit},
                       run_id=run_id)

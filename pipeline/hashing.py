@@ -6,16 +6,16 @@ import hashlib
 import json
 from pathlib import Path
 
-_CHUNK = 1 << 20
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, streamed (md5 is what DVC records; sha256 everywhere else)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file."""
+    return file_digest(path)
 
 
 def content_key(*parts: object) -> str:

@@ -27,10 +27,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _get(url: str, payload: dict | None = None):
-    request = urllib.request.Request(url, data=json.dumps(payload).encode() if payload is not None else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
+def _get(url: str):
+    """GET a JSON document from the test's own loopback server."""
+    with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
 
 
