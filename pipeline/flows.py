@@ -268,7 +268,8 @@ def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate
     """Hard-link the finished edit into `OUT/results/<video>/<edit>/` (copied across file systems)."""
     final = Path(out_root) / "results" / video_id / edit
     sources = [Path(render.path) / name for name in PUBLISHED_FILES] + [Path(evaluate.path) / "metrics.json"]
-    with atomic_output_dir(final) as work:
+    # Runs sharing the output folder publish the same edit one at a time (the rename is two steps).
+    with _lock(out_root, "publish", f"{video_id}-{edit}"), atomic_output_dir(final) as work:
         for source in sources:
             try:
                 os.link(source, work / source.name)
