@@ -1,7 +1,9 @@
-"""Autoencoder checkpoints in safetensors: weights, config and training state, never pickles.
+"""Autoencoder checkpoints in safetensors: weights, config, sampler settings and training state, never pickles.
 
 A training checkpoint holds the model, its EMA, the optimizer state and the RNG states, so an
-interrupted run resumes bit-for-bit. The released model file holds the EMA weights only.
+interrupted run resumes bit-for-bit. The released model file holds the EMA weights, the UNet config
+and the sampler settings the model runs with; a model imported from the reference code also holds its
+frozen face networks under ``encoders.*``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline.atomic import atomic_output_file
+from pipeline.diffusion import SamplerSettings
 from pipeline.errors import InputError
 from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig
 
-FORMAT = "dva-autoencoder-v1"
+FORMAT = "dva-autoencoder-v2"
 TRAINING_FORMAT = FORMAT + "-training"
+# v1 files hold the earlier DiffAE-style blocks, which this version no longer builds.
+_OLDER_FORMATS = ("dva-autoencoder-v1", "dva-autoencoder-v1-training")
+ENCODERS_PREFIX = "encoders."
 
 
 def config_to_json(config: UNetConfig) -> str:
@@ -93,6 +99,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(path, f"not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if metadata.get("format") in _OLDER_FORMATS:
+        raise InputError(path, f"checkpoint of an older model version ({metadata['format']}); retrain or re-import it")
     if metadata.get("format") not in (FORMAT, TRAINING_FORMAT):
         raise InputError(path, "not a checkpoint of this model (no dva-autoencoder format tag)")
     return tensors, metadata
@@ -137,12 +145,29 @@ def training_state_info(path: Path) -> tuple[int, str] | None:
     return int(metadata["step"]), metadata["fingerprint"]
 
 
-def save_model(path: Path, model: torch.nn.Module, metadata: dict[str, str]) -> None:
-    """Write the released model (weights + config + lineage metadata), atomically."""
+def save_model(
+    path: Path,
+    model: torch.nn.Module,
+    metadata: dict[str, str],
+    encoders: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the released model (weights + config + its sampler settings + lineage metadata), atomically.
+
+    ``encoders`` are extra frozen networks stored under ``encoders.*`` (names without that prefix).
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    full = {"format": FORMAT, "config": config_to_json(model.config)} | metadata
+    tensors |= {ENCODERS_PREFIX + k: v.detach().cpu().contiguous() for k, v in (encoders or {}).items()}
+    full = {"format": FORMAT, "config": config_to_json(model.config), "sampler": model.sampler.to_json()} | metadata
     with atomic_output_file(Path(path)) as temporary:
         save_file(tensors, str(temporary), metadata=full)
+
+
+def sampler_settings(metadata: dict[str, str], path: Path) -> SamplerSettings:
+    """The sampler settings recorded in a model file's metadata (an error naming the file if invalid)."""
+    try:
+        return SamplerSettings.from_json(metadata["sampler"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, "checkpoint has no valid sampler settings") from None
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[DiffusionVideoAutoencoder, dict[str, str]]:
@@ -150,10 +175,13 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Diffusio
     tensors, metadata = _read(path)
     if metadata["format"] != FORMAT:
         tensors = _subset(tensors, "ema.")
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(ENCODERS_PREFIX)}
     try:
         config = config_from_json(metadata["config"])
     except (KeyError, TypeError, ValueError):
         raise InputError(path, "checkpoint config is missing or malformed") from None
-    model = DiffusionVideoAutoencoder(config)
+    # A training state has no released sampler settings; it runs with the defaults.
+    sampler = sampler_settings(metadata, Path(path)) if metadata["format"] == FORMAT else SamplerSettings()
+    model = DiffusionVideoAutoencoder(config, sampler)
     _load_weights(model, tensors, Path(path))
     return model.to(device).eval(), metadata

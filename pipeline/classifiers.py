@@ -6,6 +6,7 @@ table (CelebA ``list_attr_celeba.txt`` or CSV/Parquet) and the identity embeddin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,19 @@ from pipeline.errors import InputError
 class LabelTableError(InputError, ValueError):
     """A label table that cannot be parsed; a ValueError whose one-line message names the file."""
 
+
+# The 40 CelebA attributes in the order of the reference code's classifier outputs (its CelebAttrDataset),
+# which is also the column order of CelebA's list_attr_celeba.txt.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+# Identity-code size of the reference classifier (the IR-SE50 embedding).
+REFERENCE_ID_DIM = 512
 
 IMAGE_COLUMN = "image"
 # Kaggle's CSV export of CelebA names the column image_id; accept it so that file works unchanged.
@@ -209,3 +223,74 @@ def fit_attribute_classifiers(
         std=std,
     )
     return clf, aucs
+
+
+def _reference_shapes() -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Accepted shapes of each tensor of the reference classifier checkpoint, by state-dict name."""
+    n_attr, dim = len(CELEBA_ATTRIBUTES), REFERENCE_ID_DIM
+    linear = {"weight": ((n_attr, dim),), "bias": ((n_attr,),)}
+    # The reference registers the statistics as (1, D) buffers; a bare (D,) vector is accepted too.
+    stats = ((1, dim), (dim,))
+    return {
+        **{f"classifier.{leaf}": shape for leaf, shape in linear.items()},
+        **{f"ema_classifier.{leaf}": shape for leaf, shape in linear.items()},
+        "conds_mean": stats,
+        "conds_std": stats,
+    }
+
+
+# Tensors the import uses. The reference's edit script reads `classifier.*`, not its EMA copy
+# `ema_classifier.*`, which is recognised (shape-checked) and left out.
+REFERENCE_CLASSIFIER_USED = ("classifier.weight", "classifier.bias", "conds_mean", "conds_std")
+
+
+def classifier_from_reference(state: Mapping[str, torch.Tensor], source: Path) -> AttributeClassifier:
+    """Build the project classifier from the state dict of the reference's CelebA attribute classifier.
+
+    ``state`` is the ``state_dict`` of the reference's ``ClsModel`` Lightning checkpoint: ``classifier.weight``
+    (40, 512) and ``classifier.bias`` (40,) of the linear classifier over the standardised identity code,
+    ``conds_mean`` and ``conds_std`` ((1, 512) or (512,)), the standardisation statistics, and optionally
+    ``ema_classifier.weight`` / ``ema_classifier.bias``, which are checked but not used (the reference edits
+    with ``classifier``). Attributes are named :data:`CELEBA_ATTRIBUTES`, in the reference's order. Any other
+    tensor, a missing or mis-shaped one, or unusable values raise :class:`InputError` naming ``source`` and
+    listing every problem found.
+    """
+    shapes = _reference_shapes()
+    problems = []
+    unknown = sorted(set(state) - set(shapes))
+    if unknown:
+        problems.append(f"unexpected tensors {unknown}")
+    missing = [name for name in REFERENCE_CLASSIFIER_USED if name not in state]
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    wrong = []
+    for name, accepted in shapes.items():
+        if name not in state:
+            continue
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            wrong.append(f"{name} (a {type(tensor).__name__}, not a tensor)")
+        elif not tensor.is_floating_point():
+            wrong.append(f"{name} ({tensor.dtype}, expected floating point)")
+        elif tuple(tensor.shape) not in accepted:
+            expected = " or ".join(str(shape) for shape in accepted)
+            wrong.append(f"{name} {tuple(tensor.shape)} (expected {expected})")
+        elif not torch.isfinite(tensor).all():
+            wrong.append(f"{name} (contains NaN or infinite values)")
+    if wrong:
+        problems.append(f"unusable tensors {wrong}")
+    if not problems and not bool((state["conds_std"] > 0).all()):
+        problems.append("conds_std must be positive in every dimension")
+    if problems:
+        raise InputError(source, "not a reference attribute classifier: " + "; ".join(problems))
+
+    def vector(name: str) -> np.ndarray:
+        return state[name].detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy()
+
+    return AttributeClassifier(
+        attributes=list(CELEBA_ATTRIBUTES),
+        weights=state["classifier.weight"].detach().to(device="cpu", dtype=torch.float32).numpy(),
+        bias=vector("classifier.bias"),
+        mean=vector("conds_mean"),
+        std=vector("conds_std"),
+    )

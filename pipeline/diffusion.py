@@ -4,16 +4,59 @@ Notation follows the DDIM paper: ``alpha_t`` there is the cumulative product of 
 ``alpha_bar`` / ``alphas_cumprod`` here and in DDPM). Timestep ``-1`` stands for the clean image,
 whose ``alpha_bar`` is 1, so the last sampling step lands exactly on ``x_0`` rather than on the
 slightly noisy training timestep 0.
+
+Two conventions of the paper's reference code are options of the scheduler (:class:`SamplerSettings`,
+stored with every checkpoint): clipping the predicted ``x_0`` to [-1, 1] and re-deriving the noise
+from it, and starting the inversion by treating the clean image as ``x`` at the first timestep.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+InversionStart = Literal["clean", "first_timestep"]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The noise schedule and the DDIM conventions a model was trained and is run with.
+
+    ``clip_x0``: clip the predicted clean image to [-1, 1] and re-derive the noise from it (the
+    reference, both directions). ``inversion_start``: ``clean`` takes a first step from the clean image
+    (alpha_bar 1) to the first timestep, so inversion and decoding use the same S steps; ``first_timestep``
+    (the reference) treats the clean image as ``x`` at timestep 0 and inverts in S - 1 steps.
+    """
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    clip_x0: bool = False
+    inversion_start: InversionStart = "clean"
+
+    def to_json(self) -> str:
+        """The settings as JSON (for checkpoint metadata)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SamplerSettings":
+        """Inverse of :meth:`to_json`; raises ValueError on unknown fields or values."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or set(raw) - {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError(f"not sampler settings: {text[:80]!r}")
+        settings = cls(**raw)
+        if settings.inversion_start not in ("clean", "first_timestep"):
+            raise ValueError(f"unknown inversion_start {settings.inversion_start!r}")
+        return settings
+
+
+REFERENCE_SAMPLER = SamplerSettings(clip_x0=True, inversion_start="first_timestep")
 
 
 class DDIMScheduler:
@@ -23,15 +66,31 @@ class DDIMScheduler:
         num_train_timesteps: number of diffusion steps T used in training.
         beta_start: beta_1 of the linear schedule.
         beta_end: beta_T of the linear schedule.
+        clip_x0: clip the predicted clean image to [-1, 1] and re-derive the noise (the reference).
+        inversion_start: where :func:`ddim_invert` starts (see :class:`SamplerSettings`).
     """
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        clip_x0: bool = False,
+        inversion_start: InversionStart = "clean",
+    ):
         self.num_train_timesteps = num_train_timesteps
+        self.clip_x0 = clip_x0
+        self.inversion_start = inversion_start
         # float64: the cumulative product over 1000 factors loses digits in float32.
         self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         # Index t + 1 of this table is alpha_bar_t, with alpha_bar_{-1} = 1 (the clean image) at index 0.
         self._alpha_bar_table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+
+    @classmethod
+    def from_settings(cls, settings: SamplerSettings) -> "DDIMScheduler":
+        """The scheduler a checkpoint's :class:`SamplerSettings` describe."""
+        return cls(**dataclasses.asdict(settings))
 
     def timesteps(self, num_steps: int) -> list[int]:
         """Return the ``num_steps`` sampling timesteps ``i * T // num_steps``, in descending order."""
@@ -61,12 +120,21 @@ class DDIMScheduler:
         for t in (t_from, t_to):
             if not -1 <= t < self.num_train_timesteps:
                 raise ValueError(f"timestep {t} outside [-1, {self.num_train_timesteps - 1}]")
-        a_from = self._alpha_bar_table[t_from + 1].to(dtype=x_t.dtype, device=x_t.device)
-        a_to = self._alpha_bar_table[t_to + 1].to(dtype=x_t.dtype, device=x_t.device)
-        # DDIM eq. 9: the clean image implied by eps, then eq. 12 with sigma_t = 0:
-        # x_to = sqrt(alpha_to) x0_pred + sqrt(1 - alpha_to) eps.
-        x0 = (x_t - (1 - a_from).sqrt() * eps) / a_from.sqrt()
-        return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+        a_from, a_to = self._alpha_bar_table[t_from + 1], self._alpha_bar_table[t_to + 1]
+
+        def coefficient(value: torch.Tensor) -> torch.Tensor:
+            # Computed in float64 and cast once, as the reference does.
+            return value.to(dtype=x_t.dtype, device=x_t.device)
+
+        recip, recip_m1 = coefficient((1 / a_from).sqrt()), coefficient((1 / a_from - 1).sqrt())
+        # DDIM eq. 9: the clean image implied by eps, f_theta(x_t) = (x_t - sqrt(1 - alpha_t) eps) / sqrt(alpha_t).
+        x0 = recip * x_t - recip_m1 * eps
+        if self.clip_x0 and t_from >= 0:
+            # The reference clips x0 to the image range and re-derives the noise that explains it.
+            x0 = x0.clamp(-1, 1)
+            eps = (recip * x_t - x0) / recip_m1
+        # DDIM eq. 12 with sigma_t = 0: x_to = sqrt(alpha_to) x0_pred + sqrt(1 - alpha_to) eps.
+        return coefficient(a_to.sqrt()) * x0 + coefficient((1 - a_to).sqrt()) * eps
 
     def step(self, eps: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor) -> torch.Tensor:
         """One generative DDIM step (eta = 0) from ``t`` down to ``t_prev`` (``-1`` = clean image)."""
@@ -108,14 +176,17 @@ def ddim_sample(
 def ddim_invert(
     eps_fn: EpsFn, x0: torch.Tensor, scheduler: DDIMScheduler, num_steps: int, progress: bool = False
 ) -> torch.Tensor:
-    """Encode a clean image to its DDIM noise map ``x_T``: the exact reverse path of :func:`ddim_sample`.
+    """Encode a clean image to its DDIM noise map ``x_T``: the reverse path of :func:`ddim_sample`.
 
     Visits ``clean -> x_0 -> ... -> x_{t_1}`` and evaluates ``eps`` at the current (lower) timestep
     instead of the unknown upper one, the usual DDIM inversion approximation. The clean image is fed
     to ``eps_fn`` as timestep 0 since the model was never trained on timestep -1 (alpha_bar_0 ~ 1).
+    With ``inversion_start="first_timestep"`` (the reference) the clean image is taken as ``x_0``
+    itself and the first step is skipped: ``num_steps - 1`` evaluations.
     """
     ts = scheduler.timesteps(num_steps)[::-1]
+    path = ts if scheduler.inversion_start == "first_timestep" else [-1] + ts
     x = x0
-    for t, t_next in tqdm(list(zip([-1] + ts[:-1], ts)), desc="DDIM invert", disable=not progress):
+    for t, t_next in tqdm(list(zip(path, path[1:])), desc="DDIM invert", disable=not progress):
         x = scheduler.invert_step(eps_fn(x, _batch_t(max(t, 0), x)), t, t_next, x)
     return x

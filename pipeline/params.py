@@ -77,8 +77,12 @@ class AlignParams(_Section):
 
 
 class EncodeParams(_Section):
-    backend: Literal["dlib", "arcface"] = "dlib"
+    backend: Literal["dlib", "arcface", "irse50"] = "dlib"
     arcface_weights: WeightsPath | None = None
+    identity_weights: WeightsPath | None = None
+    landmark_backend: Literal["dlib", "mobilenet"] = "dlib"
+    landmark_weights: WeightsPath | None = None
+    device: str = "auto"
 
 
 class ModelParams(_Section):
@@ -90,6 +94,10 @@ class ModelParams(_Section):
     attention_resolutions: tuple[int, ...] | None = None
     embed_dim: int | None = Field(default=None, ge=8)
     dropout: float | None = Field(default=None, ge=0, lt=1)
+    # DDIM conventions saved with the trained model (pipeline/diffusion.SamplerSettings); the reference
+    # code clips the predicted x0 and starts inversion at the first timestep (`first_timestep`).
+    clip_x0: bool = False
+    inversion_start: Literal["clean", "first_timestep"] = "clean"
 
     @field_validator("resolution")
     @classmethod
@@ -109,6 +117,8 @@ class ModelParams(_Section):
 
 class TrainParams(_Section):
     videos: list[str] | None = None
+    # Identity code each training frame is conditioned on: its own (the reference) or its video's mean.
+    identity_code: Literal["frame", "video_mean"] = "frame"
     steps: int = Field(default=3000, ge=1)
     videos_per_batch: int = Field(default=4, ge=1)
     frames_per_video: int = Field(default=4, ge=1)
@@ -158,21 +168,33 @@ class ClassifierEdit(_Section):
 
 
 class TextEdit(_Section):
-    """CLIP-guided edit from a text prompt; needs local open_clip weights."""
+    """CLIP-guided edit from a text prompt; needs local open_clip weights.
+
+    Defaults are the reference implementation's (CLIP ViT-B/16; w_clip 3, where the paper says 5). The
+    direction is optimised through a short DDIM trajectory of ``num_steps`` steps from ``t_start`` to 0.
+    """
 
     kind: Literal["text"]
     target_text: str
     source_text: str = "face"
-    clip_model: str = "ViT-B-32"
+    clip_model: str = "ViT-B-16"
     clip_weights: WeightsPath | None = None
     iterations: int = Field(default=2000, ge=1)
     lr: float = Field(default=0.002, gt=0)
-    w_clip: float = 3.0
-    w_id: float = 1.0
-    w_l1: float = 5.0
+    w_clip: float = Field(default=3.0, ge=0)
+    w_id: float = Field(default=1.0, ge=0)
+    w_l1: float = Field(default=5.0, ge=0)
     scale: float = 0.5
     num_steps: int = Field(default=5, ge=1)
     t_start: int = Field(default=800, ge=1, le=999)
+
+    @model_validator(mode="after")
+    def _texts_differ(self) -> "TextEdit":
+        if not self.target_text.strip():
+            raise ValueError("target_text must not be empty")
+        if self.target_text.strip() == self.source_text.strip():
+            raise ValueError("target_text must differ from source_text (their difference is the edit)")
+        return self
 
 
 class ReferenceEdit(_Section):

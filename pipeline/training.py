@@ -16,10 +16,15 @@ from torch import nn
 from pipeline import checkpoint
 from pipeline.alignment import flip_landmark_feature
 from pipeline.device import autocast_dtype
-from pipeline.diffusion import DDIMScheduler
+from pipeline.diffusion import DDIMScheduler, SamplerSettings
 from pipeline.losses import EMA, disentangle_loss
 from pipeline.params import ModelParams, TrainParams
 from pipeline.unet import PRESETS, DiffusionVideoAutoencoder, UNetConfig
+
+
+def build_sampler(params: ModelParams) -> SamplerSettings:
+    """The sampler settings a model trained with `params` is saved with."""
+    return SamplerSettings(clip_x0=params.clip_x0, inversion_start=params.inversion_start)
 
 
 def build_config(params: ModelParams, id_dim: int) -> UNetConfig:
@@ -42,6 +47,7 @@ class TrainingClip:
     masks: np.ndarray  # (N, R, R) uint8
     landmarks: np.ndarray  # (N, 102) float32
     identity: np.ndarray  # (D,) float32, the video's mean identity
+    identities: np.ndarray  # (N, D) float32, each frame's own identity
     frames: np.ndarray  # indices of frames with a face
 
 
@@ -60,12 +66,18 @@ class Batch:
 
 
 def sample_batch(
-    clips: list[TrainingClip], videos: int, frames: int, generator: torch.Generator, flip: bool = True
+    clips: list[TrainingClip],
+    videos: int,
+    frames: int,
+    generator: torch.Generator,
+    flip: bool = True,
+    frame_identity: bool = True,
 ) -> Batch:
     """`frames` random frames from each of `videos` random clips, each mirrored with probability 1/2.
 
     Mirroring flips the crop and mask and permutes the landmark feature left/right, so the
-    landmark code always describes the image it comes with.
+    landmark code always describes the image it comes with. Each frame carries its own identity code
+    (the reference) or, with ``frame_identity=False``, its video's mean.
     """
     images, masks, identities, landmarks = [], [], [], []
     chosen = torch.randint(len(clips), (videos,), generator=generator).tolist()
@@ -81,7 +93,7 @@ def sample_batch(
                 feature = flip_landmark_feature(feature, image.shape[0])
             images.append(np.ascontiguousarray(image))
             masks.append(np.ascontiguousarray(mask))
-            identities.append(clip.identity)
+            identities.append(clip.identities[frame] if frame_identity else clip.identity)
             landmarks.append(feature)
     return Batch(
         images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,
@@ -114,6 +126,7 @@ LogFn = Callable[[int, dict[str, float]], None]
 def train(
     clips: list[TrainingClip],
     config: UNetConfig,
+    sampler: SamplerSettings,
     params: TrainParams,
     device: torch.device,
     state_path: Path,
@@ -131,10 +144,10 @@ def train(
     rank, world_size = distributed
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed + rank)
-    model = DiffusionVideoAutoencoder(config).to(device)
+    model = DiffusionVideoAutoencoder(config, sampler).to(device)
     ema = EMA(model, params.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-    scheduler = DDIMScheduler()
+    scheduler = DDIMScheduler.from_settings(sampler)
     expected = fingerprint(params, config, data_hashes)
     start, history = 0, []
     saved = checkpoint.training_state_info(state_path) if Path(state_path).is_file() else None
@@ -152,7 +165,8 @@ def train(
             log(record["step"], {key: value for key, value in record.items() if key != "step"})
     steps = range(start, params.steps)
     for step in progress(steps) if progress else steps:
-        batch = sample_batch(clips, params.videos_per_batch, params.frames_per_video, generator).to(device)
+        batch = sample_batch(clips, params.videos_per_batch, params.frames_per_video, generator,
+                             frame_identity=params.identity_code == "frame").to(device)
         size = batch.images.shape[0]
         t = torch.randint(scheduler.num_train_timesteps, (size,), generator=generator).to(device)
         noise1 = torch.randn(batch.images.shape, generator=generator).to(device)

@@ -45,6 +45,7 @@ STAGE_MODULES = {
     "align": "stages.align",
     "encode": "stages.encode",
     "train": "stages.train",
+    "import-reference": "stages.import_reference",
     "fit-classifiers": "stages.fit_classifiers",
     "invert": "stages.invert",
     "edit-frames": "stages.edit",

@@ -61,14 +61,14 @@ def identity_edit(
     params: Params,
     model: DiffusionVideoAutoencoder,
     video_identity: np.ndarray,
-    first_frame: tuple[np.ndarray, np.ndarray, np.ndarray],
+    first_frame: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     device: torch.device,
     progress: bool,
 ) -> tuple[IdentityEdit, dict]:
     """The function that edits one identity code, and facts about it for the record.
 
-    `first_frame` is (crop, landmark feature, face mask) of the first face frame, used by the
-    text edit, which optimises its direction on that frame as the paper does.
+    `first_frame` is (crop, landmark feature, face mask, identity) of the first face frame, used by
+    the text edit, which optimises its direction on that frame as the paper does.
     """
     if isinstance(spec, ClassifierEdit):
         path = Path(spec.classifier)
@@ -94,31 +94,22 @@ def identity_edit(
         target = reference_identity(Path(spec.reference), detector, encoder, model.config.resolution)
         facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
         return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
-    return _text_edit(name, spec, model, video_identity, first_frame, device, progress)
+    return _text_edit(name, spec, model, first_frame, device, progress)
 
 
-def _text_edit(name: str, spec: TextEdit, model, video_identity, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
-    from pipeline.text_edit import (
-        TextEditConfig,
-        apply_text_direction,
-        invert_to_t_start,
-        load_clip,
-        optimise_text_direction,
-    )
+def _text_edit(name: str, spec: TextEdit, model, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
+    from pipeline.text_edit import apply_text_direction, invert_to_t_start, load_clip, optimise_text_direction
 
     clip_model, tokenizer = load_clip(spec.clip_model, spec.clip_weights, param_name=f"edits.{name}.clip_weights",
                                       device=device)
-    config = TextEditConfig(
-        target_text=spec.target_text, source_text=spec.source_text, iterations=spec.iterations, lr=spec.lr,
-        w_clip=spec.w_clip, w_id=spec.w_id, w_l1=spec.w_l1, scale=spec.scale, num_steps=spec.num_steps,
-        t_start=spec.t_start,
-    )
-    crop, landmarks, mask = first_frame
-    x0 = to_model_images(crop[None], device)
-    x_start = invert_to_t_start(model, DDIMScheduler(), x0, video_identity, landmarks, config)
-    keep = 1 - torch.from_numpy(mask.astype(np.float32) / 255)[None, None].to(device)
+    crop, landmarks, mask, identity = first_frame
+    scheduler = DDIMScheduler.from_settings(model.sampler)
+    # As in the reference, the direction is found on the first frame with that frame's own identity, and
+    # the L1 term guards the face region (the align stage's face mask: no face parser is at hand here).
+    x_start = invert_to_t_start(model, scheduler, to_model_images(crop[None], device), identity, landmarks, spec)
+    face = torch.from_numpy(mask.astype(np.float32) / 255).to(device)
     dz, losses = optimise_text_direction(
-        model, DDIMScheduler(), clip_model, tokenizer, x_start, video_identity, landmarks, keep, config, progress
+        model, scheduler, clip_model, tokenizer, x_start, identity, landmarks, spec, face, progress
     )
     facts = {"clip_weights_sha256": sha256_file(Path(spec.clip_weights)), "loss_first": losses[1] if len(losses) > 1
              else losses[0], "loss_last": losses[-1]}
@@ -189,11 +180,11 @@ def edit_videos(
     steps = int(invert_meta["steps"])
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     first = int(frames[0])
-    first_frame = (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]))
+    first_frame = (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]), frame_identities[first])
     edits = {name: identity_edit(name, params.edits[name], params, model, video_identity, first_frame, device,
                                  progress) for name in out_dirs}
     edited_identities = {name: edit_one(video_identity) for name, (edit_one, _) in edits.items()}
-    scheduler = DDIMScheduler()
+    scheduler = DDIMScheduler.from_settings(model.sampler)
     count, size = len(status), crops.shape[1]
     # Each batch decodes len(frames) x len(streams) images; keep that within batch_size.
     streams = [(name, kind) for name in out_dirs for kind in (("edited", "baseline") if baseline else ("edited",))]

@@ -1,8 +1,10 @@
 """Identity code and landmark feature of every aligned frame, as one Parquet table per video.
 
-Columns: index, status, identity (L2-normalised, dim from the encoder), landmark_feature (102:
-crop landmarks scaled to [0, 1], jaw dropped). File metadata: encoder name, identity dim,
-weights sha256, and the video identity (L2-normalised mean over ok frames).
+Columns: index, status, identity (L2-normalised, dim from the encoder), landmark_feature (102, jaw
+dropped: with `landmark_backend: dlib` the align stage's crop landmarks scaled to [0, 1]; with `mobilenet`
+the reference's MobileNetV2-GDConv points in [0, 1] of the 256 px crop's centre 224 px). File metadata:
+encoder name, identity dim, landmark feature backend, weights sha256, and the video identity
+(L2-normalised mean over ok frames).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import typer
 
 from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
 from pipeline.atomic import atomic_output_dir
-from pipeline.errors import InputError
-from pipeline.identity import l2_normalise, make_identity_encoder
+from pipeline.errors import InputError, MissingWeightsError
+from pipeline.hashing import sha256_file
+from pipeline.identity import identity_encoder_from_params, l2_normalise
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import EncodeParams
 from pipeline.progress import progress_bar
@@ -28,6 +31,49 @@ from stages.align import TABLE_FILE as ALIGN_TABLE_FILE
 
 TABLE_FILE = "features.parquet"
 BATCH = 32
+
+
+class DlibLandmarkFeatures:
+    """`z_lnd` from the align stage's landmarks (no network; the default)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, str] = {}
+        self.weight_files: dict[str, Path] = {}
+
+    def __call__(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
+        size = crops.shape[1]
+        return np.stack([landmark_feature(points, size) for points in crop_landmarks])
+
+
+class MobileNetLandmarkFeatures:
+    """`z_lnd` as the reference computes it: MobileNetV2-GDConv on the crop, resized to 256 px if needed."""
+
+    def __init__(self, weights_path: str | None, device: str) -> None:
+        if not weights_path or not Path(weights_path).is_file():
+            raise MissingWeightsError("encode.landmark_weights", weights_path or "models/dva_reference.safetensors")
+        from pipeline.device import resolve_device
+        from pipeline.networks.face_encoder import load_reference_encoders
+
+        self._device = resolve_device(device)
+        self._network = load_reference_encoders(weights_path, ("landmarks",), self._device).landmarks
+        self.weight_files = {"mobilenet_gdconv": Path(weights_path)}
+        self.weights = {"mobilenet_gdconv": sha256_file(Path(weights_path))}
+
+    def __call__(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
+        import torch
+
+        from pipeline.networks.face_encoder import crops_to_reference_faces
+
+        with torch.no_grad():
+            features = self._network(crops_to_reference_faces(crops, self._device))
+        return features.float().cpu().numpy()
+
+
+def landmark_features_from_params(params: EncodeParams) -> DlibLandmarkFeatures | MobileNetLandmarkFeatures:
+    """The landmark feature backend that `encode.landmark_backend` selects."""
+    if params.landmark_backend == "mobilenet":
+        return MobileNetLandmarkFeatures(params.landmark_weights, params.device)
+    return DlibLandmarkFeatures()
 
 
 def encode_video(
@@ -41,7 +87,8 @@ def encode_video(
     status, crop_landmarks, _, align_meta = read_alignment(align_dir)
     crops, _ = open_crops(align_dir)
     size = crops.shape[1]
-    encoder = make_identity_encoder(params.backend, params.arcface_weights)
+    encoder = identity_encoder_from_params(params)
+    landmarks = landmark_features_from_params(params)
     count = len(status)
     identities = np.zeros((count, encoder.dim), dtype=np.float32)
     features = np.zeros((count, LANDMARK_FEATURE_DIM), dtype=np.float32)
@@ -50,8 +97,9 @@ def encode_video(
     for start in progress_bar(starts, enabled=progress, total=len(starts), desc="encode identity"):
         rows = np.flatnonzero(valid[start : start + BATCH]) + start
         if len(rows):
-            identities[rows] = encoder.embed(np.asarray(crops[rows]), crop_landmarks[rows])
-            features[rows] = np.stack([landmark_feature(crop_landmarks[row], size) for row in rows])
+            batch = np.asarray(crops[rows])
+            identities[rows] = encoder.embed(batch, crop_landmarks[rows])
+            features[rows] = landmarks(batch, crop_landmarks[rows])
     ok = np.array([state == OK for state in status])
     video_identity = l2_normalise(identities[ok if ok.any() else valid].mean(axis=0))
     with atomic_output_dir(out_dir) as work:
@@ -66,14 +114,15 @@ def encode_video(
             {
                 "encoder": encoder.name,
                 "identity_dim": encoder.dim,
-                "weights_sha256": encoder.weights,
+                "landmark_feature_backend": params.landmark_backend,
+                "weights_sha256": {**encoder.weights, **landmarks.weights},
                 "video_identity": video_identity.tolist(),
                 "crop_size": size,
                 "landmark_backend": align_meta.get("backend"),
             },
         )
         write_lineage(work, out_dir, stage="encode", inputs=[align_dir], params={"encode": params},
-                      weights=encoder.weight_files, run_id=run_id)
+                      weights={**encoder.weight_files, **landmarks.weight_files}, run_id=run_id)
     return video_identity
 
 

@@ -68,7 +68,7 @@ def invert_video(
     if features_meta["encoder"] != model_meta.get("identity_encoder", features_meta["encoder"]):
         raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, the model expects "
                          f"{model_meta['identity_encoder']}")
-    scheduler = DDIMScheduler()
+    scheduler = DDIMScheduler.from_settings(model.sampler)
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     count, size = len(status), crops.shape[1]
     psnr, ssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(3))

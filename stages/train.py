@@ -26,7 +26,7 @@ from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import Params
 from pipeline.progress import progress_bar
 from pipeline.tracking import NO_FACE
-from pipeline.training import TrainingClip, build_config, train
+from pipeline.training import TrainingClip, build_config, build_sampler, train
 from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
 from stages.align import CROPS_FILE, MASKS_FILE, open_crops
 from stages.encode import TABLE_FILE as FEATURES_FILE
@@ -38,7 +38,7 @@ MODEL_FILE = "model.safetensors"
 def load_clip(align_dir: Path, encode_dir: Path) -> tuple[TrainingClip, dict[str, str], dict]:
     """One video's training material, the sha256 of its input files and its encoder metadata."""
     crops, masks = open_crops(align_dir)
-    status, _, landmarks, identity, metadata = read_features(encode_dir)
+    status, identities, landmarks, identity, metadata = read_features(encode_dir)
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     if len(frames) == 0:
         raise InputError(align_dir, "no aligned face frames to train on")
@@ -47,7 +47,7 @@ def load_clip(align_dir: Path, encode_dir: Path) -> tuple[TrainingClip, dict[str
         str(Path(align_dir) / MASKS_FILE): sha256_file(Path(align_dir) / MASKS_FILE),
         str(Path(encode_dir) / FEATURES_FILE): sha256_file(Path(encode_dir) / FEATURES_FILE),
     }
-    return TrainingClip(crops, masks, landmarks, identity, frames), hashes, metadata
+    return TrainingClip(crops, masks, landmarks, identity, identities, frames), hashes, metadata
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -92,7 +92,7 @@ def train_autoencoder(
         live = _live(work / "live") if rank == 0 else None
         started = time.perf_counter()
         result = train(
-            clips, config, params.train, device, Path(state_file), hashes,
+            clips, config, build_sampler(params.model), params.train, device, Path(state_file), hashes,
             log=(lambda step, record: _log(live, step, record)) if live else None,
             progress=(lambda steps: progress_bar(steps, enabled=progress and rank == 0, total=len(steps), desc="train")),
             distributed=(rank, world_size),

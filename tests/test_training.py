@@ -11,7 +11,7 @@ import torch
 
 from pipeline.alignment import flip_landmark_feature
 from pipeline.checkpoint import load_model
-from pipeline.diffusion import DDIMScheduler
+from pipeline.diffusion import DDIMScheduler, SamplerSettings
 from pipeline.losses import disentangle_loss
 from pipeline.params import ModelParams, TrainParams
 from pipeline.training import build_config, sample_batch, train
@@ -39,7 +39,7 @@ def nano_config(clip):
 
 def _train(clip, config, state: Path, **overrides):
     params = TrainParams(**(NANO_TRAIN | overrides))
-    return train([clip], config, params, torch.device("cpu"), state, DATA_HASHES)
+    return train([clip], config, SamplerSettings(), params, torch.device("cpu"), state, DATA_HASHES)
 
 
 @torch.no_grad()
@@ -98,7 +98,7 @@ def test_changed_training_data_ignores_existing_state(clip, nano_config, tmp_pat
     state = tmp_path / "state.safetensors"
     _train(clip, nano_config, state, steps=1)
     params = TrainParams(**(NANO_TRAIN | {"steps": 1}))
-    result = train([clip], nano_config, params, torch.device("cpu"), state, {"clip": "re-encoded"})
+    result = train([clip], nano_config, SamplerSettings(), params, torch.device("cpu"), state, {"clip": "re-encoded"})
     assert result.start_step == 0
 
 
