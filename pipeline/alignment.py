@@ -154,10 +154,13 @@ def face_mask(crop_landmarks: np.ndarray, size: int, feather: float) -> np.ndarr
     hull = cv2.convexHull(np.round(outline).astype(np.int32))
     mask = np.zeros((size, size), dtype=np.uint8)
     cv2.fillConvexPoly(mask, hull, 255, lineType=cv2.LINE_AA)
-    sigma = feather * size
-    if sigma > 0:
-        mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma)
-    return mask
+    return feather_mask(mask, feather)
+
+
+def feather_mask(mask: np.ndarray, feather: float) -> np.ndarray:
+    """A uint8 (0..255) mask blurred with a Gaussian of sigma `feather` x its size (unchanged if 0)."""
+    sigma = feather * mask.shape[0]
+    return cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma) if sigma > 0 else mask
 
 
 def landmark_feature(crop_landmarks: np.ndarray, size: int) -> np.ndarray:

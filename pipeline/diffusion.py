@@ -8,6 +8,12 @@ slightly noisy training timestep 0.
 Two conventions of the paper's reference code are options of the scheduler (:class:`SamplerSettings`,
 stored with every checkpoint): clipping the predicted ``x_0`` to [-1, 1] and re-deriving the noise
 from it, and starting the inversion by treating the clean image as ``x`` at the first timestep.
+
+Beside DDIM, whose inversion is only approximate, this module runs BDIA-DDIM (Zhang, Lewis and Kleijn
+2023, "Exact diffusion inversion via bi-directional integration approximation"): the same one network
+evaluation per step, but each update is an explicit, invertible function of the two latents before
+it, so decoding replays the inversion's evaluations backwards and returns the input up to round-off.
+:func:`invert` and :func:`sample` choose between the two samplers by name.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from tqdm.auto import tqdm
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InversionStart = Literal["clean", "first_timestep"]
+SamplerName = Literal["ddim", "bdia"]
+# Latents per frame that a sampler's inversion hands to its decoding: x_T alone, or x_T and the next latent.
+SAMPLER_LATENTS: dict[str, int] = {"ddim": 1, "bdia": 2}
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,52 @@ class DDIMScheduler:
             raise ValueError(f"an inversion step must go up in time, got {t} -> {t_next}")
         return self._move(eps, x_t, t, t_next)
 
+    def bdia_step(
+        self, eps: torch.Tensor, t_next: int, t: int, t_prev: int, x_next: torch.Tensor, x_t: torch.Tensor,
+        gamma: float = 1.0,
+    ) -> torch.Tensor:
+        """One generative BDIA-DDIM step: ``x_{t_prev}`` from ``x_{t_next}`` and ``x_t``, ``t_next > t > t_prev``.
+
+        ``eps`` is the network's prediction at ``(x_t, t)``. Write ``D(x_t; t -> s)`` for the DDIM
+        transfer of ``x_t`` to timestep ``s`` holding ``eps`` fixed (DDIM eq. 12; with ``clip_x0``, the
+        clipped version). The exact ODE solution from ``t_next`` to ``t_prev`` is the sum of the two
+        integrals over ``[t_next, t]`` and ``[t, t_prev]``. BDIA approximates *both* at the middle
+        point ``x_t``, the first by a backward DDIM step (BDIA eqs. 13-15):
+
+            (B1)  x_t - x_{t_next}  ~  x_t - D(x_t; t -> t_next)
+            (B2)  x_{t_prev} - x_t  ~  D(x_t; t -> t_prev) - x_t
+
+        Adding them, and weighting the backward estimate's disagreement with the known ``x_{t_next}``
+        by ``gamma`` (BDIA eq. 16):
+
+            (B3)  x_{t_prev} = D(x_t; t -> t_prev) + gamma * (x_{t_next} - D(x_t; t -> t_next))
+
+        ``gamma = 0`` is plain DDIM; ``gamma = 1`` is the time-symmetric (leapfrog) integrator. Both
+        ``D`` terms depend on ``x_t`` only, and ``x_{t_next}`` enters linearly, which is what makes the
+        step invertible (:meth:`bdia_invert_step`) whatever ``D`` does to ``x_t`` (clipping included).
+        """
+        if not t_next > t > t_prev:
+            raise ValueError(f"a BDIA step needs t_next > t > t_prev, got {t_next}, {t}, {t_prev}")
+        return self._move(eps, x_t, t, t_prev) + gamma * (x_next - self._move(eps, x_t, t, t_next))
+
+    def bdia_invert_step(
+        self, eps: torch.Tensor, t_next: int, t: int, t_prev: int, x_t: torch.Tensor, x_prev: torch.Tensor,
+        gamma: float = 1.0,
+    ) -> torch.Tensor:
+        """The exact inverse of :meth:`bdia_step`: ``x_{t_next}`` from ``x_t`` and ``x_{t_prev}``.
+
+        Solving (B3) for ``x_{t_next}``, with the same ``eps`` at ``(x_t, t)``:
+
+            (B4)  x_{t_next} = D(x_t; t -> t_next) + (x_{t_prev} - D(x_t; t -> t_prev)) / gamma
+
+        Exact algebra, no approximation: round-off is the only difference from the forward step.
+        """
+        if not t_next > t > t_prev:
+            raise ValueError(f"a BDIA step needs t_next > t > t_prev, got {t_next}, {t}, {t_prev}")
+        if gamma <= 0:
+            raise ValueError(f"BDIA inversion needs gamma > 0, got {gamma}")
+        return self._move(eps, x_t, t, t_next) + (x_prev - self._move(eps, x_t, t, t_prev)) / gamma
+
 
 def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -190,3 +245,116 @@ def ddim_invert(
     for t, t_next in tqdm(list(zip(path, path[1:])), desc="DDIM invert", disable=not progress):
         x = scheduler.invert_step(eps_fn(x, _batch_t(max(t, 0), x)), t, t_next, x)
     return x
+
+
+def _bdia_path(scheduler: DDIMScheduler, num_steps: int) -> list[int]:
+    """Timesteps ``t_1 > ... > 0`` then ``-1`` (the clean image): the latents a BDIA run visits."""
+    if num_steps < 2:
+        raise ValueError(f"BDIA needs at least 2 steps (its state is two latents), got {num_steps}")
+    return scheduler.timesteps(num_steps) + [-1]
+
+
+def bdia_sample(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    x_second: torch.Tensor,
+    scheduler: DDIMScheduler,
+    num_steps: int,
+    gamma: float = 1.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Decode the pair (``x_T``, ``x_second``) of :func:`bdia_invert` to a clean image with BDIA-DDIM.
+
+    With path ``p_0 = t_1 > p_1 > ... > p_{S-1} = 0 > p_S = -1`` and latents ``y_k`` at ``p_k``, the
+    decoding starts from the stored ``y_0 = x_T`` and ``y_1 = x_second`` (a fresh BDIA sample would get
+    ``y_1`` by one DDIM step; the stored one is what makes the round trip exact) and applies (B3):
+
+        y_{k+1} = bdia_step(eps(y_k, p_k); p_{k-1}, p_k, p_{k+1}; y_{k-1}, y_k),  k = 1 .. S-1
+
+    ``num_steps - 1`` network evaluations; returns ``y_S``.
+    """
+    path = _bdia_path(scheduler, num_steps)
+    before, x = x_T, x_second
+    for k in tqdm(range(1, num_steps), desc="BDIA sample", disable=not progress):
+        before, x = x, scheduler.bdia_step(eps_fn(x, _batch_t(path[k], x)), path[k - 1], path[k], path[k + 1],
+                                           before, x, gamma)
+    return x
+
+
+def bdia_invert(
+    eps_fn: EpsFn,
+    x0: torch.Tensor,
+    scheduler: DDIMScheduler,
+    num_steps: int,
+    gamma: float = 1.0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode a clean image to the pair (``x_T``, ``x_second``) that :func:`bdia_sample` decodes back to it.
+
+    The only approximation is the starting pair: ``y_S`` is the clean image and ``y_{S-1}`` (timestep 0)
+    comes from one DDIM inversion step, or with ``inversion_start="first_timestep"`` (the reference) is
+    the clean image itself. From there (B4) runs the recurrence of :func:`bdia_sample` backwards,
+
+        y_{k-1} = bdia_invert_step(eps(y_k, p_k); p_{k-1}, p_k, p_{k+1}; y_k, y_{k+1}),  k = S-1 .. 1
+
+    evaluating the network at exactly the latents the decoding will visit, so decoding replays the
+    same evaluations and undoes every step. ``num_steps - 1`` evaluations, plus one for the DDIM start.
+    """
+    path = _bdia_path(scheduler, num_steps)
+    if scheduler.inversion_start == "first_timestep":
+        x = x0
+    else:
+        x = scheduler.invert_step(eps_fn(x0, _batch_t(0, x0)), -1, 0, x0)
+    after = x0
+    for k in tqdm(range(num_steps - 1, 0, -1), desc="BDIA invert", disable=not progress):
+        after, x = x, scheduler.bdia_invert_step(eps_fn(x, _batch_t(path[k], x)), path[k - 1], path[k], path[k + 1],
+                                                 x, after, gamma)
+    return x, after
+
+
+def invert(
+    eps_fn: EpsFn,
+    x0: torch.Tensor,
+    scheduler: DDIMScheduler,
+    num_steps: int,
+    sampler: SamplerName = "ddim",
+    gamma: float = 1.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The state that ``sampler`` decodes from: ``x_T`` (B, C, H, W) for DDIM, (``x_T``, ``x_second``)
+    stacked as (B, 2, C, H, W) for BDIA (``gamma`` is BDIA's)."""
+    if sampler == "ddim":
+        return ddim_invert(eps_fn, x0, scheduler, num_steps, progress)
+    if sampler == "bdia":
+        return torch.stack(bdia_invert(eps_fn, x0, scheduler, num_steps, gamma, progress), dim=1)
+    raise ValueError(f"unknown sampler {sampler!r} (known: {sorted(SAMPLER_LATENTS)})")
+
+
+def sample(
+    eps_fn: EpsFn,
+    state: torch.Tensor,
+    scheduler: DDIMScheduler,
+    num_steps: int,
+    sampler: SamplerName = "ddim",
+    gamma: float = 1.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Decode a state of :func:`invert` (same sampler, steps and gamma) to clean images."""
+    if sampler == "ddim":
+        return ddim_sample(eps_fn, state, scheduler, num_steps, progress)
+    if sampler == "bdia":
+        return bdia_sample(eps_fn, state[:, 0], state[:, 1], scheduler, num_steps, gamma, progress)
+    raise ValueError(f"unknown sampler {sampler!r} (known: {sorted(SAMPLER_LATENTS)})")
+
+
+def noise_maps(state: torch.Tensor, sampler: SamplerName) -> torch.Tensor:
+    """``x_T`` (B, C, H, W) of a state of :func:`invert`."""
+    return state[:, 0] if sampler == "bdia" else state
+
+
+def evaluations(scheduler: DDIMScheduler, num_steps: int, sampler: SamplerName) -> tuple[int, int]:
+    """Network evaluations per frame of (inversion, one decoding) with ``sampler`` and ``num_steps``."""
+    start = 0 if scheduler.inversion_start == "first_timestep" else 1
+    if sampler == "ddim":
+        return num_steps - 1 + start, num_steps
+    return num_steps - 1 + start, num_steps - 1

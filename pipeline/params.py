@@ -74,6 +74,9 @@ class AlignParams(_Section):
     smooth_center_sigma: float = Field(default=1.0, ge=0)
     smooth_vector_sigma: float = Field(default=3.0, ge=0)
     mask_feather: float = Field(default=0.04, ge=0, le=0.5)
+    # BiSeNet weights (e.g. an imported reference model): face masks from parsing (the reference's video
+    # foreground) instead of the landmark outline.
+    parsing_weights: WeightsPath | None = None
 
 
 class EncodeParams(_Section):
@@ -119,6 +122,8 @@ class TrainParams(_Section):
     videos: list[str] | None = None
     # Identity code each training frame is conditioned on: its own (the reference) or its video's mean.
     identity_code: Literal["frame", "video_mean"] = "frame"
+    # BiSeNet weights: L_reg inside the parsed foreground (the reference) instead of the align stage's mask.
+    parsing_weights: WeightsPath | None = None
     steps: int = Field(default=3000, ge=1)
     videos_per_batch: int = Field(default=4, ge=1)
     frames_per_video: int = Field(default=4, ge=1)

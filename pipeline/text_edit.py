@@ -185,7 +185,8 @@ def _l1_weight(mask: torch.Tensor | np.ndarray | None, like: torch.Tensor) -> to
     if weight.dim() == 2:
         weight = weight[None, None]
     if tuple(weight.shape) != (1, 1, height, width):
-        raise ValueError(f"mask must have shape ({height}, {width}) or (1, 1, {height}, {width}); got {tuple(mask.shape)}")
+        expected = f"({height}, {width}) or (1, 1, {height}, {width})"
+        raise ValueError(f"mask must have shape {expected}; got {tuple(weight.shape)}")
     if not bool(((weight >= 0) & (weight <= 1)).all()):
         raise ValueError("mask values must lie in [0, 1]")
     return weight
@@ -355,7 +356,7 @@ def load_clip(
     param_name: str = "edit.clip_weights",
     device: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, Tokenizer]:
-    """Load an open_clip model (e.g. ``"ViT-B-16"``, the reference's) from a local weights file; return (model, tokenizer).
+    """Load an open_clip model (e.g. ``"ViT-B-16"``, the reference's) from a local file; return (model, tokenizer).
 
     Nothing is downloaded: a missing file raises :class:`MissingClipWeightsError` (a FileNotFoundError)
     naming ``param_name`` and the expected path. The tokenizer of the OpenAI-style models is open_clip's

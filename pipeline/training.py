@@ -49,6 +49,7 @@ class TrainingClip:
     identity: np.ndarray  # (D,) float32, the video's mean identity
     identities: np.ndarray  # (N, D) float32, each frame's own identity
     frames: np.ndarray  # indices of frames with a face
+    landmark_frame: int  # side (px) of the frame the landmark feature is normalised by, for mirroring
 
 
 @dataclass
@@ -90,7 +91,7 @@ def sample_batch(
             image, mask, feature = clip.crops[frame], clip.masks[frame], clip.landmarks[frame]
             if flip and mirror:
                 image, mask = image[:, ::-1], mask[:, ::-1]
-                feature = flip_landmark_feature(feature, image.shape[0])
+                feature = flip_landmark_feature(feature, clip.landmark_frame)
             images.append(np.ascontiguousarray(image))
             masks.append(np.ascontiguousarray(mask))
             identities.append(clip.identities[frame] if frame_identity else clip.identity)

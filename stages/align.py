@@ -17,9 +17,12 @@ import typer
 
 from pipeline import alignment
 from pipeline.atomic import atomic_output_dir
+from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.lineage import cli_run_id, write_lineage
+from pipeline.networks.face_encoder import load_face_parser
+from pipeline.networks.face_parsing import parsing_face_mask
 from pipeline.params import AlignParams
 from pipeline.progress import progress_bar
 from pipeline.tables import column_matrix, read_table, vector_column, write_table
@@ -30,6 +33,7 @@ from stages.extract import FRAMES_FILE, META_FILE
 CROPS_FILE = "crops.npy"
 MASKS_FILE = "masks.npy"
 TABLE_FILE = "align.parquet"
+PARSE_BATCH = 16
 
 
 def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndarray:
@@ -84,6 +88,8 @@ def align_video(
             crops[index] = alignment.warp_to_crop(rgb, transforms[index], size)
             crop_landmarks[index] = alignment.apply_transform(transforms[index], track.landmarks[index])
             masks[index] = alignment.face_mask(crop_landmarks[index], size, params.mask_feather)
+        if params.parsing_weights:
+            parse_masks(crops, masks, np.flatnonzero(track.valid), params, progress)
         crops.flush()
         masks.flush()
         del crops, masks
@@ -103,6 +109,16 @@ def align_video(
         write_lineage(work, out_dir, stage="align", inputs=[extract_dir], params={"align": params, "crop_size": size},
                       weights=detector.weight_files, run_id=run_id)
     return Counter(track.status)
+
+
+def parse_masks(crops: np.ndarray, masks: np.ndarray, rows: np.ndarray, params: AlignParams, progress: bool) -> None:
+    """Replace the masks of `rows` by the parsed face foreground for video blending, feathered."""
+    parser = load_face_parser(params.parsing_weights, "align.parsing_weights", resolve_device("auto"))
+    batches = [rows[start : start + PARSE_BATCH] for start in range(0, len(rows), PARSE_BATCH)]
+    for batch in progress_bar(batches, enabled=progress, total=len(batches), desc="parse faces"):
+        parsed = parsing_face_mask(np.asarray(crops[batch]), parser, for_video=True)
+        for index, mask in zip(batch, parsed):
+            masks[index] = alignment.feather_mask(np.round(mask * 255).astype(np.uint8), params.mask_feather)
 
 
 def read_alignment(align_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:

@@ -32,7 +32,7 @@ from pipeline.editing import AttributeClassifier, classifier_edit, reference_edi
 from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
-from pipeline.identity import l2_normalise, make_identity_encoder
+from pipeline.identity import identity_encoder_from_params, l2_normalise
 from pipeline.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
@@ -90,7 +90,7 @@ def identity_edit(
             params.align.backend, params.align.fan_weights, params.align.detector_upsample,
             params.align.detection_threshold,
         )
-        encoder = make_identity_encoder(params.encode.backend, params.encode.arcface_weights)
+        encoder = identity_encoder_from_params(params.encode)
         target = reference_identity(Path(spec.reference), detector, encoder, model.config.resolution)
         facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
         return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts

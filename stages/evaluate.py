@@ -19,7 +19,7 @@ import typer
 
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError
-from pipeline.identity import IdentityEncoder, l2_normalise, make_identity_encoder
+from pipeline.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
 from pipeline.identity_metrics import temporal_identity_consistency
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import EncodeParams
@@ -67,7 +67,7 @@ def evaluate_edit(
     """Compute and write the metrics of one edit; returns them."""
     status, crop_landmarks, _, _ = read_alignment(align_dir)
     _, source_codes, _, video_identity, features_meta = read_features(encode_dir)
-    encoder = make_identity_encoder(params.backend, params.arcface_weights)
+    encoder = identity_encoder_from_params(params)
     if encoder.name != features_meta["encoder"]:
         raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, evaluate uses {encoder.name}")
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])

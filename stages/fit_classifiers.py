@@ -25,7 +25,7 @@ from pipeline.classifiers import IMAGE_COLUMN, fit_attribute_classifiers, read_l
 from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
-from pipeline.identity import make_identity_encoder
+from pipeline.identity import identity_encoder_from_params
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams
 from pipeline.progress import progress_bar
@@ -83,7 +83,7 @@ def fit_classifiers(
     detector = make_landmark_detector(
         align.backend, align.fan_weights, align.detector_upsample, align.detection_threshold
     )
-    encoder = make_identity_encoder(encode.backend, encode.arcface_weights)
+    encoder = identity_encoder_from_params(encode)
     codes: list[np.ndarray] = []
     used: list[int] = []
     skipped: list[str] = []

@@ -68,6 +68,10 @@ def invert_video(
     if features_meta["encoder"] != model_meta.get("identity_encoder", features_meta["encoder"]):
         raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, the model expects "
                          f"{model_meta['identity_encoder']}")
+    landmarks_by = features_meta.get("landmark_feature_backend", "dlib")
+    if landmarks_by != model_meta.get("landmark_encoder", landmarks_by):
+        raise InputError(encode_dir, f"landmark features from {landmarks_by}, the model expects "
+                         f"{model_meta['landmark_encoder']} (set encode.landmark_backend)")
     scheduler = DDIMScheduler.from_settings(model.sampler)
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     count, size = len(status), crops.shape[1]

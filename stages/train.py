@@ -23,6 +23,9 @@ from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.hashing import sha256_file
 from pipeline.lineage import cli_run_id, write_lineage
+from pipeline.networks.face_encoder import load_face_parser
+from pipeline.networks.face_parsing import FaceParser, parsing_face_mask
+from pipeline.networks.landmark_net import INPUT_SIZE as LANDMARK_INPUT_SIZE
 from pipeline.params import Params
 from pipeline.progress import progress_bar
 from pipeline.tracking import NO_FACE
@@ -33,10 +36,17 @@ from stages.encode import TABLE_FILE as FEATURES_FILE
 from stages.encode import read_features
 
 MODEL_FILE = "model.safetensors"
+PARSE_BATCH = 16
 
 
-def load_clip(align_dir: Path, encode_dir: Path) -> tuple[TrainingClip, dict[str, str], dict]:
-    """One video's training material, the sha256 of its input files and its encoder metadata."""
+def load_clip(
+    align_dir: Path, encode_dir: Path, parser: FaceParser | None = None
+) -> tuple[TrainingClip, dict[str, str], dict]:
+    """One video's training material, the sha256 of its input files and its encoder metadata.
+
+    With a face `parser`, L_reg's masks are the parsed face foreground of each crop (the reference's
+    image variant, hard 0/1) instead of the align stage's feathered landmark masks.
+    """
     crops, masks = open_crops(align_dir)
     status, identities, landmarks, identity, metadata = read_features(encode_dir)
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
@@ -47,7 +57,14 @@ def load_clip(align_dir: Path, encode_dir: Path) -> tuple[TrainingClip, dict[str
         str(Path(align_dir) / MASKS_FILE): sha256_file(Path(align_dir) / MASKS_FILE),
         str(Path(encode_dir) / FEATURES_FILE): sha256_file(Path(encode_dir) / FEATURES_FILE),
     }
-    return TrainingClip(crops, masks, landmarks, identity, identities, frames), hashes, metadata
+    if parser is not None:
+        masks = np.zeros(crops.shape[:3], dtype=np.uint8)
+        for start in range(0, len(frames), PARSE_BATCH):
+            rows = frames[start : start + PARSE_BATCH]
+            masks[rows] = np.round(parsing_face_mask(np.asarray(crops[rows]), parser, for_video=False) * 255)
+    # The reference (mobilenet) feature lives in the 224 px centre crop of the 256 px face; dlib's in the crop.
+    landmark_frame = LANDMARK_INPUT_SIZE if metadata.get("landmark_feature_backend") == "mobilenet" else crops.shape[1]
+    return TrainingClip(crops, masks, landmarks, identity, identities, frames, landmark_frame), hashes, metadata
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -67,8 +84,13 @@ def train_autoencoder(
     """Train on `params.train_videos` read from `data_root/{align,encode}/<id>`; returns a summary."""
     data_root = Path(data_root)
     clips, hashes, encoders = [], {}, set()
-    for video_id in params.train_videos:
-        clip, clip_hashes, metadata = load_clip(data_root / "align" / video_id, data_root / "encode" / video_id)
+    parser = None
+    if params.train.parsing_weights:
+        parser = load_face_parser(params.train.parsing_weights, "train.parsing_weights", resolve_device("auto"))
+        hashes["train.parsing_weights"] = sha256_file(Path(params.train.parsing_weights))
+    for video_id in progress_bar(params.train_videos, enabled=progress and parser is not None, desc="load clips"):
+        clip, clip_hashes, metadata = load_clip(data_root / "align" / video_id, data_root / "encode" / video_id,
+                                                parser)
         clips.append(clip)
         hashes |= clip_hashes
         encoders.add((metadata["encoder"], int(metadata["identity_dim"]), metadata.get("crop_size")))

@@ -169,3 +169,34 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, caps
     for path in (source, legacy, framed):
         assert "refused" in _expect_refusal(capsys, path, tmp_path / "out.safetensors")
     assert not marker.exists()
+
+
+def test_imported_model_edits_the_bundled_clip_with_its_own_encoders(sample_clip, tmp_path, monkeypatch):
+    """Every stage accepts an imported model: IR-SE50 identities, MobileNet landmarks, BiSeNet masks and the
+    reference classifier (formula weights, so the faces are noise; the point is that nothing refuses it)."""
+    from pipeline.params import parse_params
+    from stages.edit_video import edit_one_video
+    from tests.test_reference_classifier import reference_state
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data").mkdir()
+    source = write_lightning_checkpoint(tmp_path / "reference.ckpt", formula_state("small64"))
+    classifier = write_lightning_checkpoint(tmp_path / "classifier.ckpt", reference_state(golden()))
+    with pytest.raises(SystemExit):
+        _run(str(source), "models/dva.safetensors", "--config", str(_config_file(tmp_path)),
+             "--classifier", str(classifier), "--classifier-out", "data/classifier.safetensors", "--quiet")
+    weights = "models/dva.safetensors"
+    params = parse_params({
+        "extract": {"max_frames": 6},
+        "align": {"parsing_weights": weights},
+        "encode": {"backend": "irse50", "identity_weights": weights, "landmark_backend": "mobilenet",
+                   "landmark_weights": weights, "device": "cpu"},
+        "model": {"preset": "tiny", "resolution": 64},
+        "invert": {"steps": 3, "device": "cpu"},
+        "edit": {"device": "cpu"},
+    })
+    spec = '{"kind": "classifier", "classifier": "data/classifier.safetensors", "attributes": {"Eyeglasses": 0.3}}'
+    metrics = edit_one_video(sample_clip, Path(weights), spec, tmp_path / "edited.mp4", params, tmp_path / "work",
+                             progress=False)
+    assert (tmp_path / "edited.mp4").stat().st_size > 0 and {"tl_id", "tg_id"} <= set(metrics["edit"])

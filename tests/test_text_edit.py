@@ -155,8 +155,11 @@ def test_direction_loss_without_any_change_scores_the_embedding():
     torch.testing.assert_close(_direction_loss(moved, same, text_dir, False), expected)
 
 
-def test_objective_gradient_is_the_reference_loss_gradient(setup):
+def test_objective_gradient_is_the_reference_loss_gradient(setup, monkeypatch):
     """Step-by-step backward passes give the gradient of the reference's loss over all steps at once."""
+    # The untrained CLIP barely reacts to the edit (feature changes of 1e-6 at the last step), so the
+    # directions are at the mercy of rounding: keep attention on one code path with and without gradients.
+    monkeypatch.setattr(torch.backends.mha, "get_fastpath_enabled", lambda: False)
     model, x0, z_id, z_lnd, mask = setup
     clip_model, tokenizer = tiny_clip(image_size=RES)
     spec = TextEdit(kind="text", target_text="face with a beard", w_clip=3.0, w_id=1.0, w_l1=5.0)
@@ -169,8 +172,8 @@ def test_objective_gradient_is_the_reference_loss_gradient(setup):
     loss = objective.backward(dz)
     grad = dz.grad.clone()
 
-    # The reference's loss, written out over all steps in one graph. (Images are encoded one at a time:
-    # the untrained CLIP barely reacts to the edit, so batching noise would change the directions.)
+    # The reference's loss, written out over all steps in one graph (images encoded one at a time, as
+    # batching changes the rounding).
     dz.grad = None
     z_edit = F.normalize(z_id + dz, dim=0)
     face = model.face_code(z_edit[None], z_lnd[None])
@@ -196,7 +199,8 @@ def test_mask_shapes(setup):
     model, x0, z_id, z_lnd, _ = setup
     clip_model, tokenizer = tiny_clip(image_size=RES)
     spec = TextEdit(kind="text", target_text="face with a beard", iterations=1)
-    for bad, message in [(torch.ones(RES, RES // 2), "mask must have shape"), (torch.full((RES, RES), 2.0), r"\[0, 1\]")]:
+    bad_masks = [(torch.ones(RES, RES // 2), "mask must have shape"), (torch.full((RES, RES), 2.0), r"\[0, 1\]")]
+    for bad, message in bad_masks:
         with pytest.raises(ValueError, match=message):
             optimise_text_direction(model, FakeScheduler(), clip_model, tokenizer, x0, z_id, z_lnd, spec, bad)
     dz, losses = optimise_text_direction(model, FakeScheduler(), clip_model, tokenizer, x0, z_id, z_lnd, spec)

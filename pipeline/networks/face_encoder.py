@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, MissingWeightsError
 from pipeline.networks import StateDictMismatch
 from pipeline.networks.face_parsing import FaceParser, build_face_parser, uint8_to_unit_range
 from pipeline.networks.irse50 import IRSE50, build_irse50
@@ -127,3 +127,13 @@ def load_reference_encoders(
         except StateDictMismatch as error:
             raise InputError(path, f"{prefixes[part]}*: {error}") from None
     return ReferenceFaceEncoder(**networks)
+
+
+def load_face_parser(path: str | None, param: str, device: torch.device | str = "cpu") -> FaceParser:
+    """The BiSeNet parser from the weights file a parameter names (an imported checkpoint will do).
+
+    A parameter that is unset or names a missing file is a `MissingWeightsError` naming the parameter.
+    """
+    if not path or not Path(path).is_file():
+        raise MissingWeightsError(param, path or "an imported model file holding encoders.parsing.*")
+    return load_reference_encoders(path, parts=("parsing",), device=device).parsing
