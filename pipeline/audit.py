@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.errors import InputError
 from pipeline.hashing import file_digest
-from pipeline.lineage import LINEAGE_FILE, file_sha256, read_lineage
+from pipeline.lineage import LINEAGE_FILE, LINEAGE_FILES, file_sha256, read_lineage
 
 CODE_SUFFIXES = (".py", ".toml")
 
@@ -64,7 +64,7 @@ def find_record(path: Path) -> Path | None:
         if record is None:
             continue
         relative = path.relative_to(folder).as_posix()
-        if relative == LINEAGE_FILE or relative in record.get("outputs", {}):
+        if relative in LINEAGE_FILES or relative in record.get("outputs", {}):
             return folder
     return None
 
@@ -204,7 +204,7 @@ def audit(path: Path) -> AuditReport:
     outputs = read_lineage(folder)["outputs"]
     for file in files:
         relative = file.relative_to(folder).as_posix()
-        if relative == LINEAGE_FILE:
+        if relative in LINEAGE_FILES:
             continue
         if auditor.verify(file, outputs[relative], folder) and file == target:
             report.target_sha256 = outputs[relative]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -29,8 +29,6 @@ from tqdm.auto import tqdm
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InversionStart = Literal["clean", "first_timestep"]
 SamplerName = Literal["ddim", "bdia"]
-# Latents per frame that a sampler's inversion hands to its decoding: x_T alone, or x_T and the next latent.
-SAMPLER_LATENTS: dict[str, int] = {"ddim": 1, "bdia": 2}
 
 
 @dataclass(frozen=True)
@@ -327,7 +325,7 @@ def invert(
         return ddim_invert(eps_fn, x0, scheduler, num_steps, progress)
     if sampler == "bdia":
         return torch.stack(bdia_invert(eps_fn, x0, scheduler, num_steps, gamma, progress), dim=1)
-    raise ValueError(f"unknown sampler {sampler!r} (known: {sorted(SAMPLER_LATENTS)})")
+    raise ValueError(f"unknown sampler {sampler!r} (known: {get_args(SamplerName)})")
 
 
 def sample(
@@ -344,7 +342,12 @@ def sample(
         return ddim_sample(eps_fn, state, scheduler, num_steps, progress)
     if sampler == "bdia":
         return bdia_sample(eps_fn, state[:, 0], state[:, 1], scheduler, num_steps, gamma, progress)
-    raise ValueError(f"unknown sampler {sampler!r} (known: {sorted(SAMPLER_LATENTS)})")
+    raise ValueError(f"unknown sampler {sampler!r} (known: {get_args(SamplerName)})")
+
+
+def state_shape(sampler: SamplerName, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one frame's state of :func:`invert` for images of ``image_shape`` (C, H, W)."""
+    return (2, *image_shape) if sampler == "bdia" else tuple(image_shape)
 
 
 def noise_maps(state: torch.Tensor, sampler: SamplerName) -> torch.Tensor:

@@ -18,6 +18,13 @@ class InputError(DvaError):
         super().__init__(f"{path}: {problem}")
 
 
+class DriverError(InputError):
+    """The driving video of a motion edit is missing, unreadable or has no face."""
+
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(path, f"driving video: {problem}")
+
+
 class ParamsError(DvaError):
     """A `params.yaml` key is unknown, mistyped or out of range."""
 

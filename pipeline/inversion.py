@@ -1,4 +1,4 @@
-"""Batched DDIM inversion and decoding of aligned frames with the autoencoder."""
+"""Batched inversion and decoding of aligned frames with the autoencoder (DDIM or BDIA, pipeline/diffusion.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipeline.diffusion import DDIMScheduler, ddim_invert, ddim_sample
+from pipeline.diffusion import DDIMScheduler, SamplerName, invert, sample
 from pipeline.params import InferenceSettings
 from pipeline.unet import DiffusionVideoAutoencoder
 
@@ -69,9 +69,12 @@ def invert_frames(
     z_face: torch.Tensor,
     steps: int,
     settings: InferenceSettings | None = None,
+    sampler: SamplerName = "ddim",
+    gamma: float = 1.0,
 ) -> torch.Tensor:
-    """Noise maps `x_T` of a batch of clean frames (deterministic DDIM inversion)."""
-    return ddim_invert(denoiser(model, z_face, settings), images, scheduler, steps)
+    """The sampler's state for a batch of clean frames: noise maps `x_T` (B, 3, R, R) for DDIM, `x_T` and
+    the latent of the second timestep (B, 2, 3, R, R) for BDIA (`gamma` is BDIA's)."""
+    return invert(denoiser(model, z_face, settings), images, scheduler, steps, sampler, gamma)
 
 
 @torch.inference_mode()
@@ -82,6 +85,8 @@ def decode_frames(
     z_face: torch.Tensor,
     steps: int,
     settings: InferenceSettings | None = None,
+    sampler: SamplerName = "ddim",
+    gamma: float = 1.0,
 ) -> torch.Tensor:
-    """Frames decoded from noise maps `x_T` (deterministic DDIM sampling)."""
-    return ddim_sample(denoiser(model, z_face, settings), noise, scheduler, steps)
+    """Frames decoded from states of :func:`invert_frames` made with the same sampler, steps and gamma."""
+    return sample(denoiser(model, z_face, settings), noise, scheduler, steps, sampler, gamma)

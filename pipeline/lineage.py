@@ -25,6 +25,11 @@ from pydantic import BaseModel
 from pipeline.hashing import sha256_file
 
 LINEAGE_FILE = "lineage.json"
+# What varies from run to run (run id, time, command, code revision, package versions) lives beside the
+# record, in a file `.dvcignore` excludes: rerunning a stage on the same data then leaves its DVC output,
+# and so everything downstream, unchanged.
+RUN_FILE = "lineage.run.json"
+LINEAGE_FILES = (LINEAGE_FILE, RUN_FILE)
 FORMAT = "dva-lineage-v1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Packages whose version changes what the pipeline computes or how it is run.
@@ -139,21 +144,24 @@ def write_lineage(
     record = {
         "format": FORMAT,
         "stage": stage,
-        "run_id": run_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": [{"path": relative(path), "sha256": file_sha256(path)} for path in expand_inputs(inputs)],
         "weights": weight_records,
         "params": _jsonable(params),
+        "outputs": {
+            path.relative_to(work).as_posix(): sha256_file(path)
+            for path in folder_files(work) if path.name not in LINEAGE_FILES
+        },
+    }
+    run = {
+        "run_id": run_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code": code_version(),
         "packages": package_versions(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
-        "outputs": {
-            path.relative_to(work).as_posix(): sha256_file(path)
-            for path in folder_files(work) if path.name != LINEAGE_FILE
-        },
     }
     (work / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    (work / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    return record | run
 
 
 def _checkpoint_training_data(path: Path) -> dict | None:
@@ -171,11 +179,12 @@ def _checkpoint_training_data(path: Path) -> dict | None:
 
 
 def read_lineage(folder: Path) -> dict | None:
-    """The lineage record in `folder`, or None when there is none."""
+    """The lineage record in `folder` with its run facts, or None when there is none."""
     path = Path(folder) / LINEAGE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    run = Path(folder) / RUN_FILE
+    return json.loads(path.read_text()) | (json.loads(run.read_text()) if run.is_file() else {})
 
 
 def cli_run_id(environ: Mapping[str, str]) -> str:

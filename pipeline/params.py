@@ -148,9 +148,21 @@ class InferenceSettings(_Section):
 
 
 class InvertParams(InferenceSettings):
+    """Inversion of every frame, once per video; its sampler and steps are also every edit's decoding."""
+
+    # ddim: the paper's sampler, approximate inversion; bdia: BDIA-DDIM, exact inversion (pipeline/diffusion.py).
+    sampler: Literal["ddim", "bdia"] = "ddim"
     steps: int = Field(default=50, ge=1, le=1000)
+    # BDIA's weight of the backward half-step: 1 is time-symmetric; below 1 the inversion divides by it.
+    bdia_gamma: float = Field(default=1.0, gt=0, le=1)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _bdia_needs_two_steps(self) -> "InvertParams":
+        if self.sampler == "bdia" and self.steps < 2:
+            raise ValueError("invert.sampler bdia needs invert.steps >= 2 (its state is two latents)")
+        return self
 
 
 class FitClassifiersParams(_Section):
@@ -218,7 +230,50 @@ class ReferenceEdit(_Section):
         return self
 
 
-EditSpec = Annotated[ClassifierEdit | TextEdit | ReferenceEdit, Field(discriminator="kind")]
+class MotionEdit(_Section):
+    """Decode the video with the motion codes of a driving video (pipeline/motion.py).
+
+    `driver` is a video id under `drivers:` or `videos:`, or a video file (under data/ in a params file).
+    Its frames are matched to the video's by time; past the driver's end it holds its last frame or loops.
+    """
+
+    kind: Literal["motion"]
+    driver: str = Field(min_length=1)
+    mode: Literal["relative", "absolute"] = "relative"
+    shorter: Literal["hold", "loop"] = "hold"
+
+
+ExpressionCurve = float | list[tuple[float, float]]
+
+
+class ExpressionEdit(_Section):
+    """Named, signed expression offsets on the motion codes (pipeline/motion.py documents each).
+
+    A strength is a fraction of the expression's typical range (1: full, negative: the opposite),
+    either constant or keyframes `[[seconds, strength], ...]` interpolated linearly in time.
+    """
+
+    kind: Literal["expression"]
+    expressions: dict[str, ExpressionCurve] = Field(min_length=1)
+
+    @field_validator("expressions")
+    @classmethod
+    def _known_and_ordered(cls, value: dict[str, ExpressionCurve]) -> dict[str, ExpressionCurve]:
+        from pipeline.motion import EXPRESSIONS
+
+        for name, curve in value.items():
+            if name not in EXPRESSIONS:
+                raise ValueError(f"unknown expression {name!r} (known: {', '.join(EXPRESSIONS)})")
+            if isinstance(curve, list):
+                times = [time for time, _ in curve]
+                if not times or any(later <= earlier for earlier, later in zip(times, times[1:])):
+                    raise ValueError(f"{name}: keyframe times must be given and strictly increasing")
+        return value
+
+
+EditSpec = Annotated[
+    ClassifierEdit | TextEdit | ReferenceEdit | MotionEdit | ExpressionEdit, Field(discriminator="kind")
+]
 
 
 class EditParams(InferenceSettings):
@@ -243,6 +298,8 @@ class Params(_Section):
     """The whole `params.yaml`."""
 
     videos: dict[str, VideoParams] = {}
+    # Videos that only drive motion edits: extracted, aligned and encoded, never inverted or edited.
+    drivers: dict[str, VideoParams] = {}
     extract: ExtractParams = ExtractParams()
     align: AlignParams = AlignParams()
     encode: EncodeParams = EncodeParams()
@@ -254,7 +311,7 @@ class Params(_Section):
     edits: dict[str, EditSpec] = {}
     render: RenderParams = RenderParams()
 
-    @field_validator("videos")
+    @field_validator("videos", "drivers")
     @classmethod
     def _video_ids(cls, value: dict[str, VideoParams]) -> dict[str, VideoParams]:
         for video_id in value:
@@ -284,6 +341,16 @@ class Params(_Section):
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _motion_drivers_known(self) -> "Params":
+        for name, spec in self.edits.items():
+            if isinstance(spec, MotionEdit) and spec.driver not in self.drivers and spec.driver not in self.videos:
+                try:
+                    safe_relative_path(spec.driver)
+                except ValueError as exc:
+                    raise ValueError(f"edits.{name}.driver: not a video id under drivers/videos, and {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _train_videos_known(self) -> "Params":

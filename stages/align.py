@@ -142,7 +142,7 @@ def open_crops(align_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def cli(
     extract_dir: Path = typer.Argument(..., help="Output folder of `dva extract`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

@@ -57,6 +57,7 @@ def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, param
     check_batch_inputs(videos, checkpoint, edits, params_file)
     from prefect.settings import (
         PREFECT_LOGGING_LEVEL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
@@ -65,8 +66,10 @@ def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, param
 
     task_runner = make_task_runner(runner, address, workers)
     # A busy machine can take longer than Prefect's default 20 s to start its temporary server.
+    # No network at run time: the temporary server must not send telemetry, whoever starts it.
     updates = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: max(
-        EPHEMERAL_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())}
+        EPHEMERAL_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()),
+        PREFECT_SERVER_ANALYTICS_ENABLED: False}
     if quiet:
         updates[PREFECT_LOGGING_LEVEL] = "WARNING"
     with temporary_settings(updates=updates):
@@ -101,7 +104,7 @@ def cli(
     edit: list[str] = typer.Option(..., "--edit", help="Edit: a name under `edits` in the params, a spec file or "
                                                         "inline JSON. Repeat for several edits."),
     out: Path = typer.Option(..., "--out", help="Output folder (shared by every worker; reused across runs)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     runner: str = typer.Option("threads", help="Task runner: threads (this machine) or dask."),
     address: str = typer.Option(None, help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)."),
     workers: int = typer.Option(2, min=1, help="Threads, or local Dask worker processes."),

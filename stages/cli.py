@@ -13,11 +13,9 @@ from pipeline.errors import DvaError
 from pipeline.params import Params, load_params
 
 
-def stage_params(path: Path | None) -> Params:
-    """Parameters for a stage run: the given file, or defaults when it does not exist."""
-    if path is not None and Path(path).exists():
-        return load_params(path)
-    return Params()
+def stage_params(path: Path) -> Params:
+    """Parameters for a stage run, from the file asked for; a missing file is an error naming it."""
+    return load_params(path)
 
 
 def one_line_errors(function: Callable) -> Callable:
@@ -61,6 +59,10 @@ STAGE_MODULES = {
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     import importlib
+    import os
+
+    # No network at run time: Prefect servers this process starts (or execs) send no telemetry.
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
     arguments = sys.argv[1:] if argv is None else argv
     wanted = [arguments[0]] if arguments and arguments[0] in STAGE_MODULES else list(STAGE_MODULES)

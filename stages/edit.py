@@ -8,7 +8,9 @@ that is the union of the original and the edited face regions, so the background
 Outputs in OUT_DIR: `edited.npy` (N, R, R, 3) uint8 blended crops, `alpha.npy` (N, R, R) uint8
 blend masks, `baseline.npy` / `baseline_alpha.npy` (the same edit applied to each frame's own
 identity instead of the video's: the per-frame baseline that evaluate compares against) and
-`edit.json` (spec, edited identity, identity similarities).
+`edit.json` (spec, edited identity, identity similarities; for motion edits the driver and the driver
+frame matched to each frame) and `landmarks.npy` (N, 102), the motion codes every frame was decoded
+with: the video's own, or for motion and expression edits the driven or shifted ones (stages/driving.py).
 """
 
 from __future__ import annotations
@@ -35,13 +37,20 @@ from pipeline.hashing import sha256_file
 from pipeline.identity import identity_encoder_from_params, l2_normalise
 from pipeline.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
 from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import ClassifierEdit, EditSpec, Params, ReferenceEdit, TextEdit
+from pipeline.params import ClassifierEdit, EditSpec, ExpressionEdit, MotionEdit, Params, ReferenceEdit, TextEdit
 from pipeline.progress import progress_bar
 from pipeline.still_faces import reference_identity
 from pipeline.tables import read_table
 from pipeline.tracking import NO_FACE
 from pipeline.unet import DiffusionVideoAutoencoder
 from stages.align import open_crops
+from stages.driving import (
+    LANDMARKS_FILE,
+    MotionInputs,
+    edit_landmark_codes,
+    motion_lineage_inputs,
+    stage_output_drivers,
+)
 from stages.encode import read_features
 from stages.invert import NOISE_FILE, RECON_FILE
 from stages.invert import TABLE_FILE as INVERT_TABLE
@@ -94,6 +103,9 @@ def identity_edit(
         target = reference_identity(Path(spec.reference), detector, encoder, model.config.resolution)
         facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
         return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
+    if isinstance(spec, MotionEdit | ExpressionEdit):
+        # These edit the motion codes (stages/driving.py); the identity stays the video's.
+        return (lambda z: z), {}
     return _text_edit(name, spec, model, first_frame, device, progress)
 
 
@@ -143,10 +155,11 @@ def edit_video(
     baseline: bool = True,
     progress: bool = True,
     run_id: str = "python",
+    motion: MotionInputs | None = None,
 ) -> dict:
     """Decode every face frame of a video with the edited identity and blend it over the source."""
     return edit_videos({name: Path(out_dir)}, params, checkpoint, align_dir, encode_dir, invert_dir, baseline,
-                       progress, run_id)[name]
+                       progress, run_id, motion)[name]
 
 
 def edit_videos(
@@ -159,11 +172,14 @@ def edit_videos(
     baseline: bool = True,
     progress: bool = True,
     run_id: str = "python",
+    motion: MotionInputs | None = None,
 ) -> dict[str, dict]:
     """Apply several edits (name -> output folder) to one video in one pass over its noise maps.
 
     Each batch of frames is decoded once for all edits (and their baselines) together: the noise
     maps and crops are read once and the UNet sees one larger batch, instead of one pass per edit.
+    Motion and expression edits decode with their own landmark codes (`motion`: the video's frame
+    times and the motion edits' drivers); the others with the video's.
     """
     unknown = sorted(set(out_dirs) - set(params.edits))
     if unknown:
@@ -178,12 +194,16 @@ def edit_videos(
     recon = np.load(Path(invert_dir) / RECON_FILE, mmap_mode="r")
     _, invert_meta = read_table(Path(invert_dir) / INVERT_TABLE)
     steps = int(invert_meta["steps"])
+    # Decode with the inversion's own sampler: BDIA's state only decodes exactly with BDIA and its gamma.
+    # Inversions written before the sampler was recorded are DDIM.
+    sampling = (invert_meta.get("sampler", "ddim"), float(invert_meta.get("bdia_gamma", 1.0)))
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     first = int(frames[0])
     first_frame = (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]), frame_identities[first])
     edits = {name: identity_edit(name, params.edits[name], params, model, video_identity, first_frame, device,
                                  progress) for name in out_dirs}
     edited_identities = {name: edit_one(video_identity) for name, (edit_one, _) in edits.items()}
+    codes = {name: edit_landmark_codes(name, params.edits[name], encode_dir, motion) for name in out_dirs}
     scheduler = DDIMScheduler.from_settings(model.sampler)
     count, size = len(status), crops.shape[1]
     # Each batch decodes len(frames) x len(streams) images; keep that within batch_size.
@@ -201,7 +221,7 @@ def edit_videos(
         # no_face frames keep the zero crops and zero alphas they were created with: render skips them.
         label = ", ".join(out_dirs)
         for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"edit {label}"):
-            x_T = torch.from_numpy(np.ascontiguousarray(noise[rows])).to(device)
+            latents = torch.from_numpy(np.ascontiguousarray(noise[rows])).to(device)
             source, reconstruction, face = np.asarray(crops[rows]), np.asarray(recon[rows]), np.asarray(masks[rows])
             identities = []
             for name, kind in streams:
@@ -210,10 +230,10 @@ def edit_videos(
                 else:
                     identities.append(np.stack([edits[name][0](frame_identities[row]) for row in rows]))
             with torch.inference_mode():
-                z_face = face_codes(model, np.concatenate(identities), np.tile(landmarks[rows], (len(streams), 1)),
+                z_face = face_codes(model, np.concatenate(identities), np.concatenate([codes[name][0][rows] for name, _ in streams]),
                                     device)
-            decoded = to_uint8_crops(decode_frames(model, scheduler, x_T.repeat(len(streams), 1, 1, 1), z_face,
-                                                   steps, settings))
+            decoded = to_uint8_crops(decode_frames(model, scheduler, torch.cat([latents] * len(streams)), z_face,
+                                                   steps, settings, *sampling))
             for stream, key in enumerate(streams):
                 images, alphas = outputs[key]
                 for offset, row in enumerate(rows):
@@ -234,14 +254,17 @@ def edit_videos(
                 "name": name,
                 "spec": spec.model_dump(),
                 "steps": steps,
+                "sampler": sampling[0],
                 "checkpoint_sha256": checkpoint_sha256,
                 "video_identity": video_identity.tolist(),
                 "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
                 "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
-            } | edits[name][1]
+            } | edits[name][1] | codes[name][1]
             (works[name] / INFO_FILE).write_text(json.dumps(infos[name], indent=2) + "\n")
+            np.save(works[name] / LANDMARKS_FILE, codes[name][0])
             write_lineage(works[name], out_dir, stage="edit",
-                          inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec)],
+                          inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec),
+                                  *motion_lineage_inputs(name, spec, motion)],
                           params={"edit": settings, "edits": {name: spec}, "baseline": baseline},
                           weights={"autoencoder": Path(checkpoint)} | edit_weight_files(spec), run_id=run_id)
     return infos
@@ -261,11 +284,20 @@ def cli(
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
     baseline: bool = typer.Option(True, help="Also decode the per-frame baseline for evaluate."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
+    extract_dir: Path = typer.Option(None, "--extract", help="Output folder of `dva extract` of the video: its "
+                                     "frame times, needed by motion and expression edits."),
+    data_root: Path = typer.Option(Path("data"), help="Folder holding the drivers' stage outputs "
+                                   "(drivers/<id>/, extract/<id>, encode/<id>)."),
+    work: Path = typer.Option(Path(".dva-work"), help="Cache for driving videos given as files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params
 
-    info = edit_video(name, stage_params(params), checkpoint, align_dir, encode_dir, invert_dir, out_dir,
-                      baseline=baseline, progress=not quiet, run_id=cli_run_id(os.environ))
+    settings = stage_params(params)
+    motion = None
+    if extract_dir is not None:
+        motion = MotionInputs(extract_dir, stage_output_drivers([name], settings, data_root, work, not quiet))
+    info = edit_video(name, settings, checkpoint, align_dir, encode_dir, invert_dir, out_dir,
+                      baseline=baseline, progress=not quiet, run_id=cli_run_id(os.environ), motion=motion)
     if not quiet:
         typer.echo(f"{name}: identity cosine to source {info['identity_cosine_to_source']:.3f} -> {out_dir}")

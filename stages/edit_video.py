@@ -17,12 +17,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.errors import DvaError, InputError, ParamsError
 from pipeline.hashing import content_key, sha256_file
-from pipeline.params import EditSpec, Params
-from stages.align import align_video
+from pipeline.params import EditSpec, MotionEdit, Params
+from stages.driving import MotionInputs, cached, driver_video, prepare_driver, prepare_video
 from stages.edit import edit_video
-from stages.encode import encode_video
 from stages.evaluate import evaluate_edit
-from stages.extract import extract_video
 from stages.invert import invert_video
 from stages.render import VIDEO_FILE, render_video
 
@@ -51,13 +49,6 @@ def parse_edit_spec(text: str, params: Params) -> tuple[str, EditSpec]:
         raise ParamsError(f"--edit: {key}: {first['msg']}") from None
 
 
-def cached(folder: Path, build) -> Path:
-    """Run `build(folder)` unless the folder already exists (outputs are renamed into place when complete)."""
-    if not folder.exists():
-        build(folder)
-    return folder
-
-
 def edit_one_video(
     video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True
 ) -> dict:
@@ -68,25 +59,25 @@ def edit_one_video(
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
     base = Path(work) / content_key(sha256_file(video))
-    size = params.model.crop_size
-    extract_dir = cached(base / f"extract-{content_key(params.extract)}",
-                         lambda d: extract_video(video, d, params.extract.max_frames, progress))
-    align_dir = cached(base / f"align-{content_key(extract_dir.name, params.align, size)}",
-                       lambda d: align_video(extract_dir, d, params.align, size, progress))
-    encode_dir = cached(base / f"encode-{content_key(align_dir.name, params.encode)}",
-                        lambda d: encode_video(align_dir, d, params.encode, progress))
+    extract_dir, align_dir, encode_dir = prepare_video(video, params, work, progress)
+    # A motion edit's driver goes through the same cached steps; its features are part of the edit's key.
+    drivers = {}
+    if isinstance(spec, MotionEdit):
+        drivers[name] = prepare_driver(driver_video(spec, params), params, work, progress)
+    driver_keys = [str(driver.encode.relative_to(work)) for driver in drivers.values()]
     checkpoint_key = sha256_file(Path(checkpoint))
     invert_dir = cached(base / f"invert-{content_key(encode_dir.name, checkpoint_key, params.invert.steps)}",
                         lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert, progress))
-    edit_key = content_key(invert_dir.name, spec, params.edit)
+    edit_key = content_key(invert_dir.name, spec, params.edit, *driver_keys)
     edit_dir = cached(base / f"edit-{edit_key}",
                       lambda d: edit_video(name, params, checkpoint, align_dir, encode_dir, invert_dir, d,
-                                           baseline=True, progress=progress))
+                                           baseline=True, progress=progress,
+                                           motion=MotionInputs(extract_dir, drivers)))
     render_dir = cached(base / f"render-{content_key(edit_key, params.render)}",
                         lambda d: render_video(extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
     evaluate_dir = cached(base / f"evaluate-{content_key(edit_key)}",
                           lambda d: evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, d,
-                                                  params.encode, progress))
+                                                  params.encode, progress, align=params.align))
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(render_dir / VIDEO_FILE, out)
     stem = out.with_suffix("")
@@ -103,7 +94,7 @@ def cli(
     edit: str = typer.Option(..., "--edit", help="Edit name from params, a spec .yaml/.json file, or inline JSON."),
     out: Path = typer.Option(..., "--out", help="Edited video (.mp4); side-by-side, sheet and metrics go beside it."),
     work: Path = typer.Option(Path(".dva-work"), help="Cache folder for intermediates (reused across edits)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

@@ -141,7 +141,7 @@ def read_features(encode_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, 
 def cli(
     align_dir: Path = typer.Argument(..., help="Output folder of `dva align`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

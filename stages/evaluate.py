@@ -3,8 +3,13 @@
 TL-ID / TG-ID (identity encoder from params) of the reconstruction, of the edit, and of the
 per-frame baseline (the same edit applied to each frame's own identity); mean identity cosine
 to the source video's identity (and to the reference face for reference edits); background PSNR
-from render. Outputs in OUT_DIR: `metrics.json` (DVC metrics) and `identity.csv` (DVC plot:
-per-frame identity cosine to the source for reconstruction, edit and baseline).
+from render; and how well the decoded faces follow the motion codes they were decoded with
+(pipeline/landmark_metrics.py): `landmarks.edit_error` (edited crops vs the edit's codes: a
+motion edit's driven codes, an expression edit's shifted ones, otherwise the video's own),
+`landmarks.reconstruction_error` (the unedited reconstruction vs those same codes, the baseline)
+and their `error_ratio`. Outputs in OUT_DIR: `metrics.json` (DVC metrics), `identity.csv` (DVC
+plot: per-frame identity cosine to the source for reconstruction, edit and baseline) and
+`landmarks.csv` (DVC plot: per-frame landmark error of edit and reconstruction).
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ import typer
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError
 from pipeline.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
+from pipeline.face_detection import make_landmark_detector
 from pipeline.identity_metrics import temporal_identity_consistency
+from pipeline.landmark_metrics import detect_crop_landmarks, follow_summary
 from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import EncodeParams
+from pipeline.motion import feature_to_crop_fraction, landmark_errors
+from pipeline.params import AlignParams, EncodeParams
 from pipeline.progress import progress_bar
 from pipeline.tracking import NO_FACE
 from stages.align import read_alignment
+from stages.driving import LANDMARKS_FILE
 from stages.edit import BASELINE_FILE, EDITED_FILE, INFO_FILE
 from stages.encode import read_features
 from stages.invert import RECON_FILE
@@ -33,6 +42,7 @@ from stages.render import METRICS_FILE as RENDER_METRICS
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "identity.csv"
+LANDMARK_PLOT_FILE = "landmarks.csv"
 BATCH = 32
 
 
@@ -63,8 +73,10 @@ def evaluate_edit(
     params: EncodeParams,
     progress: bool = True,
     run_id: str = "python",
+    align: AlignParams | None = None,
 ) -> dict:
-    """Compute and write the metrics of one edit; returns them."""
+    """Compute and write the metrics of one edit; returns them. `align` sets the landmark detector."""
+    align = align or AlignParams()
     status, crop_landmarks, _, _ = read_alignment(align_dir)
     _, source_codes, _, video_identity, features_meta = read_features(encode_dir)
     encoder = identity_encoder_from_params(params)
@@ -96,11 +108,22 @@ def evaluate_edit(
     metrics["edit"]["background_psnr"] = render["background_psnr_mean"]
     metrics["edit"]["background_psnr_min"] = render["background_psnr_min"]
     metrics["edit"]["code_cosine_to_source"] = info["identity_cosine_to_source"]
+    detector = make_landmark_detector(align.backend, align.fan_weights, 0, align.detection_threshold)
+    asked = feature_to_crop_fraction(np.load(Path(edit_dir) / LANDMARKS_FILE)[frames],
+                                     features_meta.get("landmark_feature_backend", "dlib"))
+    errors = pd.DataFrame({"frame": frames})
+    for name in ("edit", "reconstruction"):
+        detected = detect_crop_landmarks(detector, np.load(stacks[name], mmap_mode="r"), frames, progress,
+                                         f"landmarks {name}")
+        errors[name] = landmark_errors(detected, asked)
+    metrics["landmarks"] = follow_summary(errors["edit"].to_numpy(), errors["reconstruction"].to_numpy())
     with atomic_output_dir(out_dir) as work:
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         plot.to_csv(work / PLOT_FILE, index=False)
+        errors.to_csv(work / LANDMARK_PLOT_FILE, index=False)
         write_lineage(work, out_dir, stage="evaluate", inputs=[align_dir, encode_dir, invert_dir, edit_dir, render_dir],
-                      params={"encode": params}, weights=encoder.weight_files, run_id=run_id)
+                      params={"encode": params, "align": align}, weights=encoder.weight_files | detector.weight_files,
+                      run_id=run_id)
     return metrics
 
 
@@ -111,7 +134,7 @@ def cli(
     edit_dir: Path = typer.Argument(..., help="Output folder of `dva edit`."),
     render_dir: Path = typer.Argument(..., help="Output folder of `dva render`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

@@ -67,7 +67,7 @@ def cli(
     video: Path = typer.Argument(..., help="Input video file."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
     max_frames: int = typer.Option(None, help="Stop after this many frames (default: params extract.max_frames)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

@@ -145,7 +145,7 @@ def fit_classifiers(
 
 def cli(
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     labels: Path = typer.Option(None, "--labels", help="Override fit_classifiers.labels (the label table)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:

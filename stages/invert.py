@@ -1,9 +1,12 @@
-"""Invert every aligned frame of a video to its DDIM noise map, once, for all later edits.
+"""Invert every aligned frame of a video to its noise map, once, for all later edits.
 
-Conditioning: the video's mean identity and each frame's landmark feature. Outputs in OUT_DIR:
-`noise.npy` (N, 3, R, R) float32 noise maps (zeros for no_face frames), `recon.npy` (N, R, R, 3)
-uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise std) and
-`metrics.json` (means over the face frames: psnr, ssim, noise_std; DVC metrics).
+Conditioning: the video's mean identity and each frame's landmark feature. The sampler is
+`invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/diffusion.py). Outputs in
+OUT_DIR: `noise.npy`, float32, zeros for no_face frames: the sampler's state per frame, (N, 3, R, R)
+noise maps `x_T` for DDIM, (N, 2, 3, R, R) `x_T` and the latent of the second timestep for BDIA;
+`recon.npy` (N, R, R, 3) uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise
+std; its metadata names the sampler, steps and gamma every edit decodes with) and `metrics.json`
+(means over the face frames: psnr, ssim, noise_std; DVC metrics).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from pipeline.atomic import atomic_output_dir
 from pipeline.checkpoint import load_model
 from pipeline.device import resolve_device
-from pipeline.diffusion import DDIMScheduler
+from pipeline.diffusion import DDIMScheduler, noise_maps, state_shape
 from pipeline.errors import InputError
 from pipeline.hashing import sha256_file
 from pipeline.inversion import decode_frames, face_codes, invert_frames, prepare_model, to_model_images, to_uint8_crops
@@ -39,10 +42,14 @@ TABLE_FILE = "frames.parquet"
 METRICS_FILE = "metrics.json"
 
 
-def frame_quality(reference: np.ndarray, decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame PSNR (dB) and SSIM of uint8 crops (B, R, R, 3), on [0, 1] images."""
+def frame_quality(reference: np.ndarray, decoded: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame PSNR (dB) and SSIM of decoded images (B, 3, R, R) in [-1, 1] against uint8 crops (B, R, R, 3).
+
+    Measured on [0, 1] images before rounding to uint8: an exact sampler's decode rounds back to the
+    source crop itself, whose PSNR would be infinite.
+    """
     ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(0, 3, 1, 2).float() / 255
-    dec = torch.from_numpy(np.ascontiguousarray(decoded)).permute(0, 3, 1, 2).float() / 255
+    dec = (decoded.detach().float().cpu().clamp(-1, 1) + 1) / 2
     psnr = peak_signal_noise_ratio(dec, ref, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(dec, ref, data_range=1.0, reduction="none")
     return psnr.numpy(), ssim.numpy()
@@ -78,17 +85,21 @@ def invert_video(
     psnr, ssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(3))
     batches = [frames[start : start + params.batch_size] for start in range(0, len(frames), params.batch_size)]
     with atomic_output_dir(out_dir) as work:
-        noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32, shape=(count, 3, size, size))
+        noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32,
+                                          shape=(count, *state_shape(params.sampler, (3, size, size))))
         recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
-        for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"invert S={params.steps}"):
+        sampling = (params.sampler, params.bdia_gamma)
+        for rows in progress_bar(batches, enabled=progress, total=len(batches),
+                                 desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
             z_face = face_codes(model, identity, landmarks[rows], device)
-            x_T = invert_frames(model, scheduler, to_model_images(source, device), z_face, params.steps, params)
-            decoded = to_uint8_crops(decode_frames(model, scheduler, x_T, z_face, params.steps, params))
-            noise[rows] = x_T.cpu().numpy()
-            recon[rows] = decoded
+            state = invert_frames(model, scheduler, to_model_images(source, device), z_face, params.steps, params,
+                                  *sampling)
+            decoded = decode_frames(model, scheduler, state, z_face, params.steps, params, *sampling)
+            noise[rows] = state.cpu().numpy()
+            recon[rows] = to_uint8_crops(decoded)
             psnr[rows], ssim[rows] = frame_quality(source, decoded)
-            noise_std[rows] = x_T.flatten(1).std(dim=1).cpu().numpy()
+            noise_std[rows] = noise_maps(state, params.sampler).flatten(1).std(dim=1).cpu().numpy()
         noise.flush()
         recon.flush()
         del noise, recon
@@ -110,8 +121,8 @@ def invert_video(
                 "ssim": pa.array(ssim),
                 "noise_std": pa.array(noise_std),
             },
-            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "steps": params.steps,
-             "video_identity": identity.tolist()},
+            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "steps": params.steps, "sampler": params.sampler,
+             "bdia_gamma": params.bdia_gamma, "video_identity": identity.tolist()},
         )
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_lineage(work, out_dir, stage="invert", inputs=[align_dir, encode_dir], params={"invert": params},
@@ -124,8 +135,8 @@ def cli(
     align_dir: Path = typer.Argument(..., help="Output folder of `dva align`."),
     encode_dir: Path = typer.Argument(..., help="Output folder of `dva encode`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
-    steps: int = typer.Option(None, help="Override invert.steps (DDIM steps each way)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    steps: int = typer.Option(None, help="Override invert.steps (sampler steps each way)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

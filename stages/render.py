@@ -124,7 +124,7 @@ def cli(
     invert_dir: Path = typer.Argument(..., help="Output folder of `dva invert`."),
     edit_dir: Path = typer.Argument(..., help="Output folder of `dva edit`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (defaults if absent)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     from stages.cli import stage_params

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pipeline.lineage import LINEAGE_FILE, folder_files
+from pipeline.lineage import LINEAGE_FILES, folder_files
 from stages.edit import edit_video
 
 from .conftest import MICRO_PARAMS, SAMPLE_FRAMES
@@ -57,7 +57,7 @@ def fault_setup(micro_model, micro_inversion, sample_run, sample_clip, tmp_path_
 def _contents(folder: Path) -> dict[str, bytes]:
     """Every output file but the lineage record (which holds run ids and times)."""
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder_files(folder)
-            if path.name != LINEAGE_FILE}
+            if path.name not in LINEAGE_FILES}
 
 
 def _temporaries(out: Path) -> list[Path]:
