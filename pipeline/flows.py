@@ -31,10 +31,10 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from pipeline.atomic import atomic_output_dir, atomic_output_file
-from pipeline.errors import DvaError, InputError
+from pipeline.errors import DriverError, DvaError, InputError
 from pipeline.hashing import content_key, sha256_file
 from pipeline.lineage import LINEAGE_FILE, read_lineage, write_lineage
-from pipeline.params import EditSpec, Params
+from pipeline.params import EditSpec, MotionEdit, Params
 from pipeline.video_sources import VideoSource, discover_videos
 
 GPU_LIMIT = "gpu"
@@ -66,15 +66,22 @@ class StageKeys:
     evaluations: dict[str, str]
 
 
-def stage_keys(video_sha256: str, checkpoint_sha256: str, params: Params, edits: dict[str, EditSpec]) -> StageKeys:
-    """Merkle-style keys: each stage hashes its own parameters and its inputs' keys."""
+def stage_keys(video_sha256: str, checkpoint_sha256: str, params: Params, edits: dict[str, EditSpec],
+               drivers: dict[str, str] | None = None) -> StageKeys:
+    """Merkle-style keys: each stage hashes its own parameters and its inputs' keys.
+
+    `drivers` maps motion edits to their driving video's encode key, a further input of those edits.
+    """
+    drivers = drivers or {}
     extract = content_key("extract", video_sha256, params.extract)
     align = content_key("align", extract, params.align, params.model.crop_size)
     encode = content_key("encode", align, params.encode)
     # The device does not change what is computed; batch size and precision may, in the last bits.
     invert = content_key("invert", encode, checkpoint_sha256, params.invert.model_dump(exclude={"device"}))
     edit_settings = params.edit.model_dump(exclude={"device"})
-    edit_keys = {name: content_key("edit", invert, name, spec, edit_settings) for name, spec in edits.items()}
+    edit_keys = {name: content_key("edit", invert, name, spec, edit_settings,
+                                     *([drivers[name]] if name in drivers else []))
+                 for name, spec in edits.items()}
     renders = {name: content_key("render", extract, key, params.render) for name, key in edit_keys.items()}
     evaluations = {name: content_key("evaluate", renders[name], params.encode) for name in edits}
     return StageKeys(extract, align, encode, invert, edit_keys, renders, evaluations)
@@ -222,10 +229,38 @@ def invert_task(
     return build_once(Path(out_root), "invert", key, build)
 
 
+@task(name="driver", **TASK_OPTIONS)
+def driver_task(video: str, keys: StageKeys, key: str, out_root: str, params: Params) -> tuple[Artifact, Artifact]:
+    """A motion edit's driving video through extract, align and encode (the same cached folders as any video).
+
+    Returns its extract and encode outputs; failures name the driving video.
+    """
+    from stages.align import align_video
+    from stages.encode import encode_video
+    from stages.extract import extract_video
+
+    out, run_id = Path(out_root), _run_id()
+    try:
+        extract = build_once(out, "extract", keys.extract, lambda folder: extract_video(
+            Path(video), folder, params.extract.max_frames, progress=False, run_id=run_id))
+        align = build_once(out, "align", keys.align, lambda folder: align_video(
+            Path(extract.path), folder, params.align, params.model.crop_size, progress=False, run_id=run_id))
+        encode = build_once(out, "encode", keys.encode, lambda folder: encode_video(
+            Path(align.path), folder, params.encode, progress=False, run_id=run_id))
+    except InputError as exc:
+        raise DriverError(video, exc.problem) from None
+    return extract, encode
+
+
 @task(name="edit", **TASK_OPTIONS)
-def edit_task(edit_keys: dict[str, str], checkpoint: str, align: Artifact, encode: Artifact, invert: Artifact,
-              key: str, out_root: str, params: Params) -> dict[str, Artifact]:
-    """All edits of one video: those not already stored are decoded together in one batched pass."""
+def edit_task(edit_keys: dict[str, str], checkpoint: str, extract: Artifact, align: Artifact, encode: Artifact,
+              invert: Artifact, drivers: dict[str, tuple[str, Artifact, Artifact]], key: str, out_root: str,
+              params: Params) -> dict[str, Artifact]:
+    """All edits of one video: those not already stored are decoded together in one batched pass.
+
+    `drivers` maps motion edits to (driving video, its extract output, its encode output).
+    """
+    from stages.driving import DriverArtifacts, MotionInputs
     from stages.edit import edit_videos
 
     out = Path(out_root)
@@ -237,8 +272,11 @@ def edit_task(edit_keys: dict[str, str], checkpoint: str, align: Artifact, encod
         if missing:
             with gpu_device() as device:
                 settings = params.model_copy(update={"edit": params.edit.model_copy(update={"device": device})})
+                motion = MotionInputs(Path(extract.path), {
+                    name: DriverArtifacts(Path(video), Path(driver_extract.path), Path(driver_encode.path))
+                    for name, (video, driver_extract, driver_encode) in drivers.items()})
                 edit_videos(missing, settings, Path(checkpoint), Path(align.path), Path(encode.path),
-                            Path(invert.path), baseline=True, progress=False, run_id=_run_id())
+                            Path(invert.path), baseline=True, progress=False, run_id=_run_id(), motion=motion)
     return {name: _artifact("edit", edit_keys[name], folder) for name, folder in folders.items()}
 
 
@@ -261,7 +299,7 @@ def evaluate_task(align: Artifact, encode: Artifact, invert: Artifact, edits: di
     edit = edits[name]
     return build_once(Path(out_root), "evaluate", key, lambda folder: evaluate_edit(
         Path(align.path), Path(encode.path), Path(invert.path), Path(edit.path), Path(render.path), folder,
-        params.encode, progress=False, run_id=_run_id()))
+        params.encode, progress=False, run_id=_run_id(), align=params.align))
 
 
 def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate: Artifact, run_id: str) -> Path:
@@ -373,6 +411,29 @@ def batch_flow(
     return rows
 
 
+def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoint_sha256: str, out_root: str,
+                     params: Params, options: dict) -> dict[str, tuple[str, Artifact, Artifact]]:
+    """Prepare every motion edit's driving video before any video runs: a bad driver stops the batch.
+
+    A driver is a video of the batch (by id), an id under `drivers:`/`videos:` in the params, or a file.
+    Returns, per motion edit, the driver file and its extract and encode outputs.
+    """
+    from stages.driving import driver_video
+
+    videos = {source.video_id: Path(source.path) for source in sources}
+    prepared = {}
+    for name, spec in specs.items():
+        if not isinstance(spec, MotionEdit):
+            continue
+        video = driver_video(spec, params, videos)
+        if not video.is_file():
+            raise DriverError(video, "file not found")
+        keys = stage_keys(sha256_file(video), checkpoint_sha256, params, {})
+        extract, encode = driver_task.with_options(**options)(str(video), keys, keys.encode, out_root, params)
+        prepared[name] = (str(video), extract, encode)
+    return prepared
+
+
 def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoint: str, out: Path, params: Params,
                 retries: int, retry_delay_seconds: float) -> list[SummaryRow]:
     import json
@@ -387,6 +448,8 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoi
     )
     checkpoint_sha256 = sha256_file(Path(checkpoint))
     run_id = f"prefect:{flow_run.get_id()}"
+    drivers = _prepare_drivers(sources, specs, checkpoint_sha256, out_root, params, options)
+    driver_keys = {name: driver[2].key for name, driver in drivers.items()}
     planned = []
     for source in sources:
         try:
@@ -394,12 +457,12 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoi
         except OSError as exc:
             planned.append((source, {}, f"extract: {source.path}: cannot read ({exc.strerror})"))
             continue
-        keys = stage_keys(video_sha256, checkpoint_sha256, params, specs)
+        keys = stage_keys(video_sha256, checkpoint_sha256, params, specs, driver_keys)
         extract = extract_run.submit(source.path, keys.extract, out_root, params)
         align = align_run.submit(extract, keys.align, out_root, params)
         encode = encode_run.submit(align, keys.encode, out_root, params)
         invert = invert_run.submit(checkpoint, align, encode, keys.invert, out_root, params)
-        edits = edit_run.submit(keys.edits, checkpoint, align, encode, invert,
+        edits = edit_run.submit(keys.edits, checkpoint, extract, align, encode, invert, drivers,
                                 content_key("edits", sorted(keys.edits.items())), out_root, params)
         per_edit = {}
         for name in specs:

@@ -9,12 +9,12 @@ from its mean face shape, in the face's own frame (x along the eye line, y perpe
 pointing down the face) and in units of the inter-ocular distance (IOD, between the eye centres).
 Strength 1 is the typical full range of the expression, -1 its opposite:
 
-| name | strength 1 moves | typical range (strength 1) |
-|---|---|---|
-| `mouth_open` | the lower lip down (most at its centre, none at the corners), the upper lip up | lower lip 0.40 IOD down, upper 0.05 IOD up |
-| `smile` | the lip corners outward and up, fading toward the lip centre | corners 0.12 IOD out, 0.10 IOD up |
-| `eyes_closed` | the upper eyelids down onto the lower ones (lower lids up a fifth of the way) | the mean face's own eye opening: the lids meet |
-| `brows_up` | the brows up | 0.20 IOD |
+- `mouth_open`: the lower lip down by 0.40 IOD (most at its centre, none at the corners), the upper
+  lip up by 0.05 IOD.
+- `smile`: the lip corners 0.12 IOD outward and 0.10 IOD up, fading toward the lip centre.
+- `eyes_closed`: the upper eyelids down by four fifths of the mean face's own eye opening and the
+  lower lids up by the last fifth: at strength 1 the lids meet.
+- `brows_up`: the brows up by 0.20 IOD.
 
 Driving. A driver's frames are matched to the target's by timestamp (`match_by_time`); `relative`
 mode moves the target's first face frame by the driver's change from its first face frame, scaled
@@ -95,9 +95,8 @@ def _smile(shape: np.ndarray) -> np.ndarray:
     # The corners move most; the lip centre stays, so the lips curve.
     weight = np.clip(np.abs(along) / half_width, 0, 1) ** 2
     move = np.zeros_like(shape)
-    lips = LIPS
-    outward = np.sign(along[lips])[:, None] * x * SMILE_OUT - y * SMILE_UP
-    move[lips] = weight[lips, None] * outward * iod
+    outward = np.sign(along[LIPS])[:, None] * x * SMILE_OUT - y * SMILE_UP
+    move[LIPS] = weight[LIPS, None] * outward * iod
     return move
 
 
@@ -239,5 +238,5 @@ def feature_to_crop_fraction(features: np.ndarray, backend: str) -> np.ndarray:
 
 
 def landmark_errors(detected: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per-frame mean point distance between (N, 51, 2) point sets (NaN where nothing was detected)."""
+    """Per-frame mean point distance between (N, 51, 2) point sets."""
     return np.linalg.norm(np.asarray(detected) - np.asarray(target), axis=-1).mean(axis=-1)

@@ -230,8 +230,8 @@ def edit_videos(
                 else:
                     identities.append(np.stack([edits[name][0](frame_identities[row]) for row in rows]))
             with torch.inference_mode():
-                z_face = face_codes(model, np.concatenate(identities), np.concatenate([codes[name][0][rows] for name, _ in streams]),
-                                    device)
+                z_face = face_codes(model, np.concatenate(identities),
+                                    np.concatenate([codes[name][0][rows] for name, _ in streams]), device)
             decoded = to_uint8_crops(decode_frames(model, scheduler, torch.cat([latents] * len(streams)), z_face,
                                                    steps, settings, *sampling))
             for stream, key in enumerate(streams):

@@ -59,11 +59,12 @@ def edit_one_video(
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
     base = Path(work) / content_key(sha256_file(video))
-    extract_dir, align_dir, encode_dir = prepare_video(video, params, work, progress)
-    # A motion edit's driver goes through the same cached steps; its features are part of the edit's key.
+    # A motion edit's driver goes through the same cached steps (first: a bad driver stops before the
+    # video's own work); its features are part of the edit's key.
     drivers = {}
     if isinstance(spec, MotionEdit):
         drivers[name] = prepare_driver(driver_video(spec, params), params, work, progress)
+    extract_dir, align_dir, encode_dir = prepare_video(video, params, work, progress)
     driver_keys = [str(driver.encode.relative_to(work)) for driver in drivers.values()]
     checkpoint_key = sha256_file(Path(checkpoint))
     invert_dir = cached(base / f"invert-{content_key(encode_dir.name, checkpoint_key, params.invert.steps)}",

@@ -111,12 +111,13 @@ def evaluate_edit(
     detector = make_landmark_detector(align.backend, align.fan_weights, 0, align.detection_threshold)
     asked = feature_to_crop_fraction(np.load(Path(edit_dir) / LANDMARKS_FILE)[frames],
                                      features_meta.get("landmark_feature_backend", "dlib"))
-    errors = pd.DataFrame({"frame": frames})
+    errors, found = pd.DataFrame({"frame": frames}), {}
     for name in ("edit", "reconstruction"):
-        detected = detect_crop_landmarks(detector, np.load(stacks[name], mmap_mode="r"), frames, progress,
-                                         f"landmarks {name}")
-        errors[name] = landmark_errors(detected, asked)
-    metrics["landmarks"] = follow_summary(errors["edit"].to_numpy(), errors["reconstruction"].to_numpy())
+        points, found[name] = detect_crop_landmarks(detector, np.load(stacks[name], mmap_mode="r"), frames,
+                                                    crop_landmarks, progress, f"landmarks {name}")
+        errors[name] = landmark_errors(points, asked)
+    metrics["landmarks"] = follow_summary(errors["edit"].to_numpy(), errors["reconstruction"].to_numpy(),
+                                          found["edit"], found["reconstruction"])
     with atomic_output_dir(out_dir) as work:
         (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         plot.to_csv(work / PLOT_FILE, index=False)
@@ -139,7 +140,8 @@ def cli(
 ) -> None:
     from stages.cli import stage_params
 
-    metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir,
-                            stage_params(params).encode, progress=not quiet, run_id=cli_run_id(os.environ))
+    settings = stage_params(params)
+    metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir, settings.encode,
+                            progress=not quiet, run_id=cli_run_id(os.environ), align=settings.align)
     if not quiet:
         typer.echo(json.dumps(metrics))

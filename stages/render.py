@@ -2,7 +2,8 @@
 
 Each edited crop goes back through the inverse of its alignment transform with its feathered
 alpha; `no_face` frames pass through untouched. Outputs in OUT_DIR: `edited.mp4` (source frame
-count, timestamps and audio), `side_by_side.mp4` (source | edited), `contact_sheet.png` (rows:
+count, timestamps and audio), `side_by_side.mp4` (source | reconstruction | edited; the
+reconstruction pasted back with the edit's blend masks), `contact_sheet.png` (rows:
 source crop, reconstruction, edit; evenly spaced frames) and `metrics.json` (background PSNR
 outside the dilated face mask, measured before the lossy encode).
 """
@@ -84,26 +85,30 @@ def render_video(
     table, _ = read_table(extract_dir / FRAME_TABLE)
     pts = table.column("pts").to_numpy()
     time_base = Fraction(meta.time_base)
-    status, _, _, _ = read_alignment(align_dir)
+    status, _, transforms, _ = read_alignment(align_dir)
+    reconstruction = np.load(Path(invert_dir) / RECON_FILE, mmap_mode="r")
+    alpha = np.load(Path(edit_dir) / ALPHA_FILE, mmap_mode="r")
     background = []
     with atomic_output_dir(out_dir) as work:
         encoder_args = dict(time_base=time_base, fps=meta.fps, crf=params.crf, preset=params.preset)
         audio = extract_dir / AUDIO_FILE if (extract_dir / AUDIO_FILE).is_file() else None
         with (
             VideoEncoder(work / VIDEO_FILE, meta.width, meta.height, audio_source=audio, **encoder_args) as video,
-            VideoEncoder(work / SIDE_BY_SIDE_FILE, 2 * meta.width, meta.height, audio_source=audio,
+            VideoEncoder(work / SIDE_BY_SIDE_FILE, 3 * meta.width, meta.height, audio_source=audio,
                          **encoder_args) as side_by_side,
         ):
             for index, source, result, score in composite_frames(extract_dir, align_dir, edit_dir, progress):
                 video.write(result, pts[index])
-                side_by_side.write(np.concatenate([source, result], axis=1), pts[index])
+                reconstructed = source if status[index] == NO_FACE else paste_back(
+                    source, np.asarray(reconstruction[index]), np.asarray(alpha[index]) / 255, transforms[index])
+                side_by_side.write(np.concatenate([source, reconstructed, result], axis=1), pts[index])
                 if score is not None:
                     background.append(score)
         crops, _ = open_crops(align_dir)
         faces = [index for index, state in enumerate(status) if state != NO_FACE]
         picks = [faces[i] for i in np.linspace(0, len(faces) - 1, min(params.contact_sheet_columns, len(faces))).round().astype(int)]
         sheet = contact_sheet(
-            [crops, np.load(Path(invert_dir) / RECON_FILE, mmap_mode="r"), np.load(Path(edit_dir) / EDITED_FILE, mmap_mode="r")],
+            [crops, reconstruction, np.load(Path(edit_dir) / EDITED_FILE, mmap_mode="r")],
             picks,
         )
         cv2.imwrite(str(work / CONTACT_SHEET_FILE), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

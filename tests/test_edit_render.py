@@ -176,7 +176,7 @@ def test_rendered_video_keeps_frame_count_timing_and_audio(audio_run):
     assert np.array_equal(edited["samples"], source["samples"])
 
     side = _video_facts(audio_run.render / SIDE_BY_SIDE_FILE)
-    assert (side["width"], side["height"]) == (2 * source["width"], source["height"])
+    assert (side["width"], side["height"]) == (3 * source["width"], source["height"])  # source, reconstruction, edit
     assert len(side["times"]) == len(source["times"]) and len(side["audio"]) == 1
 
 

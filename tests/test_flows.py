@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import yaml
 
@@ -121,6 +122,32 @@ def test_changed_edit_reruns_only_its_edit_render_and_evaluate(first_batch, batc
     after = {stage: folders(stage) for stage in before}
     assert after["extract"] == before["extract"] and after["invert"] == before["invert"]
     assert len(after["edit"] - before["edit"]) == 1 and len(after["render"] - before["render"]) == 1
+
+
+def test_changed_sampler_reruns_invert_and_everything_after_it(first_batch, batch_setup, tmp_path):
+    out, _ = first_batch
+    _, videos, params_file, checkpoint = batch_setup
+    params = yaml.safe_load(params_file.read_text())
+    params["invert"]["sampler"] = "bdia"
+    changed = tmp_path / "params.yaml"
+    changed.write_text(yaml.safe_dump(params))
+    single = tmp_path / "one"
+    single.mkdir()
+    shutil.copyfile(videos / "clip 1.mp4", single / "clip 1.mp4")
+
+    def folders(stage: str) -> set[Path]:
+        return {path for path in (out / "work" / stage).iterdir() if path.is_dir()}
+
+    before = {stage: folders(stage) for stage in ("extract", "encode", "invert", "edit", "render")}
+    from stages.batch import run_batch
+
+    rows = run_batch(single, checkpoint, list(EDITS), out, changed, retries=0, quiet=True)
+    assert [(row.edit, row.status) for row in rows] == [(edit, "completed") for edit in EDITS]
+    after = {stage: folders(stage) for stage in before}
+    assert after["extract"] == before["extract"] and after["encode"] == before["encode"]
+    (invert,) = after["invert"] - before["invert"]
+    assert np.load(invert / "noise.npy", mmap_mode="r").shape[1] == 2  # BDIA's two latents per frame
+    assert len(after["edit"] - before["edit"]) == len(EDITS) and len(after["render"] - before["render"]) == len(EDITS)
 
 
 def test_corrupt_video_fails_alone(first_batch, batch_setup, tmp_path):

@@ -1,0 +1,181 @@
+"""DDIM against BDIA-DDIM (exact inversion): reconstruction, cost and an edit's effect per step count.
+
+Run: `python benchmarks/sampler_bench.py [--checkpoint data/train/model.safetensors] [--steps 5 10 20 50]
+[--frames 15] [--out benchmarks/results/sampler_cpu.json] [--quiet]`.
+
+On evenly spaced face frames of one video (the demo's `data/align|encode/carphone` by default), with
+one model, in one run, for each sampler and number of steps S: UNet evaluations per frame (inversion,
+each decoding), seconds per frame of inversion and decoding, reconstruction PSNR/SSIM (on the float
+decode, as `dva invert` reports it), the noise maps' standard deviation, and an edit decoded from the
+same inversion: the demo's anonymisation (`reference`, away, strength 0.8). The edit's effect is the
+identity embedding's cosine to the video identity (lower: stronger edit; the identity encoder of the
+encode stage) and its PSNR against the same edit decoded by DDIM at the largest S (how close a cheap
+decode comes to the converged one). Timings share a loaded machine: compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.checkpoint import load_model  # noqa: E402
+from pipeline.device import resolve_device  # noqa: E402
+from pipeline.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
+from pipeline.editing import reference_edit  # noqa: E402
+from pipeline.hashing import sha256_file  # noqa: E402
+from pipeline.identity import make_identity_encoder  # noqa: E402
+from pipeline.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.progress import progress_bar  # noqa: E402
+from pipeline.tracking import NO_FACE  # noqa: E402
+from stages.align import open_crops, read_alignment  # noqa: E402
+from stages.encode import read_features  # noqa: E402
+from stages.invert import frame_quality  # noqa: E402
+
+SAMPLERS = ("ddim", "bdia")
+EDIT_STRENGTH = 0.8  # the demo's anonymise edit (params.yaml)
+
+
+def _timed(device: torch.device, run):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) between two float image batches in [-1, 1], on [0, 1]."""
+    return -10 * float(np.log10((((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()))
+
+
+def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, steps: list[int], frame_count: int,
+              batch: int, device: torch.device, progress: bool) -> dict:
+    """Measure every sampler at every S on `frame_count` evenly spaced face frames; returns the JSON record."""
+    model, _ = load_model(checkpoint, device)
+    scheduler = DDIMScheduler.from_settings(model.sampler)
+    crops, _ = open_crops(align)
+    status, _, landmarks, identity, _ = read_features(encode)
+    crop_landmarks = read_alignment(align)[1]
+    faces = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    frames = faces[np.linspace(0, len(faces) - 1, min(frame_count, len(faces))).round().astype(int)]
+    params = load_params(params_file) if params_file.is_file() else None
+    encoder = make_identity_encoder(params.encode.backend if params else "dlib",
+                                    params.encode.arcface_weights if params else None)
+    edited_identity = reference_edit(identity, identity, EDIT_STRENGTH, away=True)
+    source = np.asarray(crops[frames])
+
+    def identity_cosine(images: np.ndarray) -> float:
+        return float(np.mean(encoder.embed(images, crop_landmarks[frames]) @ identity))
+
+    chunks = [slice(start, start + batch) for start in range(0, len(frames), batch)]
+    runs = [(sampler, count) for count in sorted(steps, reverse=True) for sampler in SAMPLERS]
+    rows, reference_edit_images = [], None
+    for sampler, count in progress_bar(runs, enabled=progress, total=len(runs), desc="samplers"):
+        recon, edited, std = [], [], []
+        invert_s = decode_s = 0.0
+        for chunk in chunks:
+            images = to_model_images(source[chunk], device)
+            with torch.inference_mode():
+                z_face = face_codes(model, identity, landmarks[frames[chunk]], device)
+                z_edit = face_codes(model, edited_identity, landmarks[frames[chunk]], device)
+            state, seconds = _timed(device, lambda: invert_frames(model, scheduler, images, z_face, count, None,
+                                                                  sampler))
+            invert_s += seconds
+            decoded, seconds = _timed(device, lambda: decode_frames(model, scheduler, state, z_face, count, None,
+                                                                    sampler))
+            decode_s += seconds
+            recon.append(decoded.cpu())
+            edited.append(decode_frames(model, scheduler, state, z_edit, count, None, sampler).cpu())
+            std.extend(noise_maps(state, sampler).flatten(1).std(dim=1).cpu().tolist())
+        recon, edited = torch.cat(recon), torch.cat(edited)
+        if reference_edit_images is None:  # the first run: DDIM at the largest S
+            reference_edit_images = edited
+        psnr, ssim = frame_quality(source, recon)
+        invert_evals, decode_evals = evaluations(scheduler, count, sampler)
+        rows.append({
+            "sampler": sampler,
+            "steps": count,
+            "unet_evals_per_frame": {"invert": invert_evals, "decode": decode_evals,
+                                     "first_edit": invert_evals + decode_evals, "further_edit": decode_evals},
+            "invert_s_per_frame": invert_s / len(frames),
+            "decode_s_per_frame": decode_s / len(frames),
+            "psnr": float(np.mean(psnr)),
+            "psnr_min": float(np.min(psnr)),
+            "ssim": float(np.mean(ssim)),
+            "noise_std": statistics.fmean(std),
+            "edit_identity_cosine": identity_cosine(to_uint8_crops(edited)),
+            # None for the converged run itself (its PSNR against itself is infinite, which JSON lacks).
+            "edit_psnr_vs_converged": None if edited is reference_edit_images else _psnr(edited, reference_edit_images),
+        })
+    return {
+        "device": str(device),
+        "host": platform.node(),
+        "torch_threads": torch.get_num_threads(),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "sampler_settings": json.loads(model.sampler.to_json()),
+        "resolution": model.config.resolution,
+        "frames": [int(frame) for frame in frames],
+        "identity_encoder": encoder.name,
+        "edit": {"kind": "reference", "away": True, "strength": EDIT_STRENGTH},
+        "source_identity_cosine": identity_cosine(source),
+        "edited_code_cosine": float(edited_identity @ identity),
+        "converged_edit": {"sampler": "ddim", "steps": max(steps)},
+        "rows": rows,
+    }
+
+
+def print_table(result: dict) -> None:
+    """The README table: one row per sampler and S."""
+    print(f"{'sampler':7} {'S':>3} {'evals 1st/next':>14} {'PSNR dB':>8} {'SSIM':>7} {'noise std':>9} "
+          f"{'inv s/f':>8} {'dec s/f':>8} {'edit id cos':>11} {'edit vs conv dB':>15}")
+    for row in result["rows"]:
+        evals = row["unet_evals_per_frame"]
+        print(f"{row['sampler']:7} {row['steps']:>3} {evals['first_edit']:>8}/{evals['further_edit']:<5} "
+              f"{row['psnr']:>8.1f} {row['ssim']:>7.4f} {row['noise_std']:>9.2f} {row['invert_s_per_frame']:>8.3f} "
+              f"{row['decode_s_per_frame']:>8.3f} {row['edit_identity_cosine']:>11.3f} "
+              f"{'-' if row['edit_psnr_vs_converged'] is None else format(row['edit_psnr_vs_converged'], '.1f'):>15}")
+    print(f"source crops' identity cosine {result['source_identity_cosine']:.3f}; edited code's "
+          f"{result['edited_code_cosine']:.3f}; converged edit: DDIM S={result['converged_edit']['steps']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "data/train/model.safetensors")
+    parser.add_argument("--align", type=Path, default=REPO / "data/align/carphone")
+    parser.add_argument("--encode", type=Path, default=REPO / "data/encode/carphone")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml",
+                        help="Parameters file naming the identity encoder (dlib when absent).")
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--frames", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quiet", "-q", action="store_true", help="No progress bar.")
+    args = parser.parse_args()
+    for path in (args.checkpoint, args.align, args.encode):
+        if not path.exists():
+            parser.error(f"{path} not found (run `make demo` first, or pass --checkpoint/--align/--encode)")
+    result = run_bench(args.checkpoint, args.align, args.encode, args.params, args.steps, args.frames, args.batch,
+                       resolve_device(args.device), not args.quiet)
+    print_table(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
