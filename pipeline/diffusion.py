@@ -169,13 +169,13 @@ class DDIMScheduler:
         transfer of ``x_t`` to timestep ``s`` holding ``eps`` fixed (DDIM eq. 12; with ``clip_x0``, the
         clipped version). The exact ODE solution from ``t_next`` to ``t_prev`` is the sum of the two
         integrals over ``[t_next, t]`` and ``[t, t_prev]``. BDIA approximates *both* at the middle
-        point ``x_t``, the first by a backward DDIM step (BDIA eqs. 13-15):
+        point ``x_t``, the first by a DDIM step backwards in time:
 
             (B1)  x_t - x_{t_next}  ~  x_t - D(x_t; t -> t_next)
             (B2)  x_{t_prev} - x_t  ~  D(x_t; t -> t_prev) - x_t
 
         Adding them, and weighting the backward estimate's disagreement with the known ``x_{t_next}``
-        by ``gamma`` (BDIA eq. 16):
+        by ``gamma`` (write-ups of BDIA differ on whether this weight is called gamma or 1 - gamma):
 
             (B3)  x_{t_prev} = D(x_t; t -> t_prev) + gamma * (x_{t_next} - D(x_t; t -> t_next))
 

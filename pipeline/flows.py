@@ -35,6 +35,7 @@ from pipeline.errors import DriverError, DvaError, InputError
 from pipeline.hashing import content_key, sha256_file
 from pipeline.lineage import LINEAGE_FILE, read_lineage, write_lineage
 from pipeline.params import EditSpec, MotionEdit, Params
+from pipeline.store import StageKeys, stage_keys
 from pipeline.video_sources import VideoSource, discover_videos
 
 GPU_LIMIT = "gpu"
@@ -51,40 +52,6 @@ class Artifact:
     key: str
     path: str
     built_by: str  # run id in the folder's lineage record: which task run did the work
-
-
-@dataclass
-class StageKeys:
-    """Content keys of one video's stage outputs, derived before anything runs."""
-
-    extract: str
-    align: str
-    encode: str
-    invert: str
-    edits: dict[str, str]
-    renders: dict[str, str]
-    evaluations: dict[str, str]
-
-
-def stage_keys(video_sha256: str, checkpoint_sha256: str, params: Params, edits: dict[str, EditSpec],
-               drivers: dict[str, str] | None = None) -> StageKeys:
-    """Merkle-style keys: each stage hashes its own parameters and its inputs' keys.
-
-    `drivers` maps motion edits to their driving video's encode key, a further input of those edits.
-    """
-    drivers = drivers or {}
-    extract = content_key("extract", video_sha256, params.extract)
-    align = content_key("align", extract, params.align, params.model.crop_size)
-    encode = content_key("encode", align, params.encode)
-    # The device does not change what is computed; batch size and precision may, in the last bits.
-    invert = content_key("invert", encode, checkpoint_sha256, params.invert.model_dump(exclude={"device"}))
-    edit_settings = params.edit.model_dump(exclude={"device"})
-    edit_keys = {name: content_key("edit", invert, name, spec, edit_settings,
-                                     *([drivers[name]] if name in drivers else []))
-                 for name, spec in edits.items()}
-    renders = {name: content_key("render", extract, key, params.render) for name, key in edit_keys.items()}
-    evaluations = {name: content_key("evaluate", renders[name], params.encode) for name in edits}
-    return StageKeys(extract, align, encode, invert, edit_keys, renders, evaluations)
 
 
 class ContentKeyPolicy(CachePolicy):
@@ -341,6 +308,14 @@ def _state_message(state: State | None) -> str:
     return state.message or state.name
 
 
+def _naming_source(reason: str, out_root: Path, source: str) -> str:
+    """A failure message that names the user's video instead of the cache folder the step ran in."""
+    work = str(Path(out_root) / "work") + os.sep
+    if reason.startswith(work) and ": " in reason:
+        return f"{source}: {reason.split(': ', 1)[1]}"
+    return reason
+
+
 def write_summary(out_root: Path, rows: list[SummaryRow]) -> Path:
     """`OUT/summary.csv`, replaced atomically."""
     path = Path(out_root) / SUMMARY_FILE
@@ -372,7 +347,15 @@ def resolve_edits(names: list[str], params: Params) -> dict[str, EditSpec]:
     """Edit specs by name: names under `edits` in the params, spec files or inline JSON."""
     from stages.edit_video import parse_edit_spec
 
-    edits = dict(parse_edit_spec(name, params) for name in names)
+    edits: dict[str, EditSpec] = {}
+    for text in names:
+        name, spec = parse_edit_spec(text, params)
+        # Several inline specs all parse as "custom": number them so each keeps its own outputs.
+        unique, number = name, 1
+        while unique in edits:
+            number += 1
+            unique = f"{name}-{number}"
+        edits[unique] = spec
     if not edits:
         raise DvaError("no edits given: name at least one edit (--edit)")
     return edits
@@ -399,6 +382,8 @@ def batch_flow(
     out = Path(out_root)
     params = stage_params(Path(params_file))
     specs = resolve_edits(edits, params)
+    # Inline and file specs join the named ones, so every stage finds each edit under its name.
+    params = params.model_copy(update={"edits": specs})
     sources = discover_videos(Path(videos))
     if not Path(checkpoint).is_file():
         raise InputError(checkpoint, "checkpoint not found")
@@ -484,7 +469,7 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoi
             failed = next(((stage, future) for stage, future in zip(STAGES, futures)
                            if not future.state.is_completed()), None)
             if failed is not None:
-                message = f"{failed[0]}: {_state_message(failed[1].state)}"
+                message = f"{failed[0]}: {_naming_source(_state_message(failed[1].state), out, source.path)}"
                 rows.append(SummaryRow(source.video_id, name, "failed", "", None, None, message))
                 logger.error("%s / %s failed at %s", source.video_id, name, message)
                 continue

@@ -16,6 +16,7 @@ import pyarrow as pa
 import typer
 
 from pipeline import alignment
+from pipeline.artifacts import require_artifact
 from pipeline.atomic import atomic_output_dir
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
@@ -57,10 +58,7 @@ def align_video(
 ) -> Counter:
     """Align the face of an extracted video; returns the count of each frame status."""
     extract_dir, out_dir = Path(extract_dir), Path(out_dir)
-    for name in (META_FILE, FRAMES_FILE):
-        # A wrong folder must be a one-line error, not a FileNotFoundError traceback.
-        if not (extract_dir / name).is_file():
-            raise InputError(extract_dir, f"not an extract output folder (no {name}); run `dva extract` first")
+    require_artifact(extract_dir, (META_FILE, FRAMES_FILE), "extract")
     meta = VideoMeta.from_json(extract_dir / META_FILE)
     frames_path = extract_dir / FRAMES_FILE
     detector = make_landmark_detector(
@@ -123,7 +121,7 @@ def parse_masks(crops: np.ndarray, masks: np.ndarray, rows: np.ndarray, params: 
 
 def read_alignment(align_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
     """Status per frame, crop landmarks (N, 68, 2), transforms (N, 2, 3) and table metadata."""
-    table, metadata = read_table(Path(align_dir) / TABLE_FILE)
+    table, metadata = read_table(require_artifact(align_dir, (TABLE_FILE,), "align") / TABLE_FILE)
     status = table.column("status").to_pylist()
     crop_landmarks = column_matrix(table, "crop_landmarks").reshape(-1, 68, 2)
     transforms = column_matrix(table, "transform").reshape(-1, 2, 3)
@@ -132,7 +130,7 @@ def read_alignment(align_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, 
 
 def open_crops(align_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Memory-mapped crops (N, R, R, 3) and masks (N, R, R): read lazily, never whole."""
-    align_dir = Path(align_dir)
+    align_dir = require_artifact(align_dir, (CROPS_FILE, MASKS_FILE), "align")
     return (
         np.load(align_dir / CROPS_FILE, mmap_mode="r"),
         np.load(align_dir / MASKS_FILE, mmap_mode="r"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import motion
+from pipeline import motion, store
 from pipeline.errors import DriverError, DvaError, InputError
 from pipeline.hashing import content_key, sha256_file
 from pipeline.params import EditSpec, ExpressionEdit, MotionEdit, Params
@@ -62,19 +62,30 @@ def cached(folder: Path, build) -> Path:
 
 
 def prepare_video(video: Path, params: Params, work: Path, progress: bool = True) -> tuple[Path, Path, Path]:
-    """Extract, align and encode `video` into the work cache (keyed by its content and the step parameters)."""
+    """Extract, align and encode `video` into the work cache (keyed as `pipeline.store` keys them).
+
+    Failures of the steps name `video`, never the cache folder they happened in.
+    """
     from stages.align import align_video
     from stages.encode import encode_video
     from stages.extract import extract_video
 
-    base = Path(work) / content_key(sha256_file(Path(video)))
-    size = params.model.crop_size
-    extract_dir = cached(base / f"extract-{content_key(params.extract)}",
-                         lambda d: extract_video(video, d, params.extract.max_frames, progress))
-    align_dir = cached(base / f"align-{content_key(extract_dir.name, params.align, size)}",
-                       lambda d: align_video(extract_dir, d, params.align, size, progress))
-    encode_dir = cached(base / f"encode-{content_key(align_dir.name, params.encode)}",
-                        lambda d: encode_video(align_dir, d, params.encode, progress))
+    video = Path(video)
+    video_sha256 = sha256_file(video)
+    base = Path(work) / content_key(video_sha256)
+    extract = store.extract_key(video_sha256, params)
+    align = store.align_key(extract, params)
+    try:
+        extract_dir = cached(base / f"extract-{extract}",
+                             lambda d: extract_video(video, d, params.extract.max_frames, progress))
+        align_dir = cached(base / f"align-{align}",
+                           lambda d: align_video(extract_dir, d, params.align, params.model.crop_size, progress))
+        encode_dir = cached(base / f"encode-{store.encode_key(align, params)}",
+                            lambda d: encode_video(align_dir, d, params.encode, progress))
+    except InputError as exc:
+        if Path(work).resolve() in exc.path.resolve().parents:
+            raise InputError(video, exc.problem) from None
+        raise
     return extract_dir, align_dir, encode_dir
 
 

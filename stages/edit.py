@@ -39,6 +39,7 @@ from pipeline.inversion import decode_frames, face_codes, prepare_model, to_mode
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.params import ClassifierEdit, EditSpec, ExpressionEdit, MotionEdit, Params, ReferenceEdit, TextEdit
 from pipeline.progress import progress_bar
+from pipeline.store import edit_input_files, edit_weight_files
 from pipeline.still_faces import reference_identity
 from pipeline.tables import read_table
 from pipeline.tracking import NO_FACE
@@ -126,22 +127,6 @@ def _text_edit(name: str, spec: TextEdit, model, first_frame, device, progress) 
     facts = {"clip_weights_sha256": sha256_file(Path(spec.clip_weights)), "loss_first": losses[1] if len(losses) > 1
              else losses[0], "loss_last": losses[-1]}
     return (lambda z: apply_text_direction(z, dz, spec.scale)), facts
-
-
-def edit_input_files(spec: EditSpec) -> list[Path]:
-    """Files an edit reads besides the video's own artifacts: a reference image or video."""
-    if isinstance(spec, ReferenceEdit) and spec.reference:
-        return [Path(spec.reference)]
-    return []
-
-
-def edit_weight_files(spec: EditSpec) -> dict[str, Path]:
-    """Weight files an edit loads: fitted classifiers or CLIP."""
-    if isinstance(spec, ClassifierEdit):
-        return {"classifier": Path(spec.classifier)}
-    if isinstance(spec, TextEdit) and spec.clip_weights:
-        return {"clip": Path(spec.clip_weights)}
-    return {}
 
 
 def edit_video(

@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.errors import DvaError, InputError, ParamsError
 from pipeline.hashing import content_key, sha256_file
 from pipeline.params import EditSpec, MotionEdit, Params
+from pipeline.store import stage_keys
 from stages.driving import MotionInputs, cached, driver_video, prepare_driver, prepare_video
 from stages.edit import edit_video
 from stages.evaluate import evaluate_edit
@@ -58,25 +59,25 @@ def edit_one_video(
         raise InputError(checkpoint, "checkpoint not found")
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
-    base = Path(work) / content_key(sha256_file(video))
+    video_sha256 = sha256_file(video)
+    base = Path(work) / content_key(video_sha256)
     # A motion edit's driver goes through the same cached steps (first: a bad driver stops before the
     # video's own work); its features are part of the edit's key.
     drivers = {}
     if isinstance(spec, MotionEdit):
         drivers[name] = prepare_driver(driver_video(spec, params), params, work, progress)
     extract_dir, align_dir, encode_dir = prepare_video(video, params, work, progress)
-    driver_keys = [str(driver.encode.relative_to(work)) for driver in drivers.values()]
-    checkpoint_key = sha256_file(Path(checkpoint))
-    invert_dir = cached(base / f"invert-{content_key(encode_dir.name, checkpoint_key, params.invert.steps)}",
+    keys = stage_keys(video_sha256, sha256_file(Path(checkpoint)), params, {name: spec},
+                      {edit: driver.encode.name for edit, driver in drivers.items()})
+    invert_dir = cached(base / f"invert-{keys.invert}",
                         lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert, progress))
-    edit_key = content_key(invert_dir.name, spec, params.edit, *driver_keys)
-    edit_dir = cached(base / f"edit-{edit_key}",
+    edit_dir = cached(base / f"edit-{keys.edits[name]}",
                       lambda d: edit_video(name, params, checkpoint, align_dir, encode_dir, invert_dir, d,
                                            baseline=True, progress=progress,
                                            motion=MotionInputs(extract_dir, drivers)))
-    render_dir = cached(base / f"render-{content_key(edit_key, params.render)}",
+    render_dir = cached(base / f"render-{keys.renders[name]}",
                         lambda d: render_video(extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
-    evaluate_dir = cached(base / f"evaluate-{content_key(edit_key)}",
+    evaluate_dir = cached(base / f"evaluate-{keys.evaluations[name]}",
                           lambda d: evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, d,
                                                   params.encode, progress, align=params.align))
     out.parent.mkdir(parents=True, exist_ok=True)

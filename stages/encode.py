@@ -17,6 +17,7 @@ import pyarrow as pa
 import typer
 
 from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
+from pipeline.artifacts import require_artifact
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.hashing import sha256_file
@@ -80,10 +81,7 @@ def encode_video(
     align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True, run_id: str = "python"
 ) -> np.ndarray:
     """Encode every aligned frame; returns the video identity."""
-    for name in (ALIGN_TABLE_FILE, CROPS_FILE, MASKS_FILE):
-        # A wrong folder must be a one-line error, not a FileNotFoundError traceback.
-        if not (Path(align_dir) / name).is_file():
-            raise InputError(align_dir, f"not an align output folder (no {name}); run `dva align` first")
+    require_artifact(align_dir, (ALIGN_TABLE_FILE, CROPS_FILE, MASKS_FILE), "align")
     status, crop_landmarks, _, align_meta = read_alignment(align_dir)
     crops, _ = open_crops(align_dir)
     size = crops.shape[1]
@@ -128,7 +126,7 @@ def encode_video(
 
 def read_features(encode_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict]:
     """Status, per-frame identities (N, D), landmark features (N, 102), video identity (D,), metadata."""
-    table, metadata = read_table(Path(encode_dir) / TABLE_FILE)
+    table, metadata = read_table(require_artifact(encode_dir, (TABLE_FILE,), "encode") / TABLE_FILE)
     return (
         table.column("status").to_pylist(),
         column_matrix(table, "identity").astype(np.float32),

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from pipeline.artifacts import require_artifact
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError
 from pipeline.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
@@ -79,6 +80,9 @@ def evaluate_edit(
     align = align or AlignParams()
     status, crop_landmarks, _, _ = read_alignment(align_dir)
     _, source_codes, _, video_identity, features_meta = read_features(encode_dir)
+    require_artifact(invert_dir, (RECON_FILE,), "invert")
+    require_artifact(edit_dir, (EDITED_FILE, INFO_FILE), "edit-frames")
+    require_artifact(render_dir, (RENDER_METRICS,), "render")
     encoder = identity_encoder_from_params(params)
     if encoder.name != features_meta["encoder"]:
         raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, evaluate uses {encoder.name}")

@@ -20,6 +20,7 @@ import numpy as np
 import typer
 
 from pipeline.alignment import warp_to_frame
+from pipeline.artifacts import require_artifact
 from pipeline.atomic import atomic_output_dir
 from pipeline.compositing import dilated_face_region, paste_back
 from pipeline.identity_metrics import masked_psnr
@@ -80,7 +81,9 @@ def render_video(
     run_id: str = "python",
 ) -> dict:
     """Write the edited video, the side-by-side video, the contact sheet and background metrics."""
-    extract_dir = Path(extract_dir)
+    extract_dir = require_artifact(extract_dir, (META_FILE, FRAME_TABLE, FRAMES_FILE), "extract")
+    require_artifact(invert_dir, (RECON_FILE,), "invert")
+    require_artifact(edit_dir, (EDITED_FILE, ALPHA_FILE), "edit-frames")
     meta = VideoMeta.from_json(extract_dir / META_FILE)
     table, _ = read_table(extract_dir / FRAME_TABLE)
     pts = table.column("pts").to_numpy()

@@ -100,6 +100,24 @@ def test_rerun_is_fully_cached(first_batch, batch_setup):
     assert sorted(path.name for path in (out / "work").glob("*/*") if path.is_dir()) == work
 
 
+def test_inline_json_edit_runs_beside_a_named_edit(first_batch, batch_setup, tmp_path):
+    import json
+
+    from stages.batch import run_batch
+
+    out, _ = first_batch
+    _, videos, params_file, checkpoint = batch_setup
+    single = tmp_path / "one"
+    single.mkdir()
+    shutil.copyfile(videos / "clip 1.mp4", single / "clip 1.mp4")
+    inline = [json.dumps({"kind": "reference", "away": True, "strength": strength}) for strength in (0.4, 0.6)]
+    rows = run_batch(single, checkpoint, ["anonymise", *inline], out, params_file, retries=0, quiet=True)
+    assert [(row.edit, row.status) for row in rows] == [
+        ("anonymise", "cached"), ("custom", "completed"), ("custom-2", "completed")]
+    for name in ("custom", "custom-2"):
+        assert (out / "results" / "clip_1" / name).is_dir()
+
+
 def test_changed_edit_reruns_only_its_edit_render_and_evaluate(first_batch, batch_setup, tmp_path):
     out, _ = first_batch
     root, videos, params_file, checkpoint = batch_setup
@@ -150,20 +168,21 @@ def test_changed_sampler_reruns_invert_and_everything_after_it(first_batch, batc
     assert len(after["edit"] - before["edit"]) == len(EDITS) and len(after["render"] - before["render"]) == len(EDITS)
 
 
-def test_corrupt_video_fails_alone(first_batch, batch_setup, tmp_path):
+def test_corrupt_and_faceless_videos_fail_alone_naming_their_files(first_batch, batch_setup, tmp_path, video_tools):
     out, _ = first_batch
     videos = tmp_path / "mixed"
     videos.mkdir()
     for name in ("clip 0.mp4", "clip 1.mp4"):
         shutil.copyfile(batch_setup[1] / name, videos / name)
     (videos / "broken.mp4").write_bytes((batch_setup[1] / "clip 2.mp4").read_bytes()[:500])
+    video_tools.write_video(videos / "empty.mp4", [np.full((64, 64, 3), 90, np.uint8)] * CLIP_FRAMES)
     rows = _batch(batch_setup, videos, out)
     status = {(row.video, row.edit): row.status for row in rows}
-    assert status == {("broken", "anonymise"): "failed", ("broken", "nudge"): "failed",
-                      ("clip_0", "anonymise"): "cached", ("clip_0", "nudge"): "cached",
-                      ("clip_1", "anonymise"): "cached", ("clip_1", "nudge"): "cached"}
-    broken = next(row for row in rows if row.video == "broken")
-    assert broken.error.startswith("extract:") and "broken.mp4" in broken.error
+    assert status == {(video, edit): "failed" for video in ("broken", "empty") for edit in EDITS} | {
+        (video, edit): "cached" for video in ("clip_0", "clip_1") for edit in EDITS}
+    errors = {row.video: row.error for row in rows}
+    assert errors["broken"].startswith("extract:") and "broken.mp4" in errors["broken"]
+    assert errors["empty"] == f"align: {videos / 'empty.mp4'}: no face found in any frame"
 
 
 def test_transient_fault_is_retried(batch_setup, tmp_path, monkeypatch):
