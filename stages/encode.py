@@ -19,7 +19,7 @@ import typer
 from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
 from pipeline.artifacts import require_artifact
 from pipeline.atomic import atomic_output_dir
-from pipeline.errors import InputError, MissingWeightsError
+from pipeline.errors import MissingWeightsError
 from pipeline.hashing import sha256_file
 from pipeline.identity import identity_encoder_from_params, l2_normalise
 from pipeline.lineage import cli_run_id, write_lineage

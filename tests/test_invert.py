@@ -121,9 +121,12 @@ def test_demo_model_inverts_well_and_uses_its_codes():
     metrics = json.loads((paths["invert"] / METRICS_FILE).read_text())
     assert metrics["psnr"] >= 30, metrics
     assert metrics["ssim"] >= 0.95, metrics
-    # Noise maps of a model that learnt the data are unit Gaussians; a model that ignores its input
-    # reconstructs just as well but with noise maps far from std 1.
-    assert 0.9 <= metrics["noise_std"] <= 1.1, metrics
+    if read_table(paths["invert"] / TABLE_FILE)[1]["sampler"] == "ddim":
+        # Noise maps of a model that learnt the data are unit Gaussians; a model that ignores its input
+        # reconstructs just as well but with noise maps far from std 1. BDIA's x_T also carries its
+        # two-step recurrence's alternating mode (std 0.3-1.7 with the demo model, by S), so for BDIA
+        # only the code effects below tell a model that learnt from one that did not.
+        assert 0.9 <= metrics["noise_std"] <= 1.1, metrics
     effects = code_effects(**paths)
     assert effects.own <= 1
     assert effects.landmarks > MIN_LANDMARK_EFFECT, effects
