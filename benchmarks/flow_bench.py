@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     from pipeline.checkpoint import load_model
-    from stages.batch import run_batch
+    from workflows.batch import run_batch
 
     resolution = load_model(args.checkpoint)[0].config.resolution
     with tempfile.TemporaryDirectory(prefix="dva-flow-bench-") as folder:

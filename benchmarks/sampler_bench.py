@@ -39,8 +39,7 @@ from pipeline.inversion import decode_frames, face_codes, invert_frames, to_mode
 from pipeline.params import load_params  # noqa: E402
 from pipeline.progress import progress_bar  # noqa: E402
 from pipeline.tracking import NO_FACE  # noqa: E402
-from stages.align import open_crops, read_alignment  # noqa: E402
-from stages.encode import read_features  # noqa: E402
+from pipeline.artifacts import open_crops, read_alignment, read_features  # noqa: E402
 from stages.invert import frame_quality  # noqa: E402
 
 SAMPLERS = ("ddim", "bdia")
@@ -67,9 +66,9 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
     """Measure every sampler at every S on `frame_count` evenly spaced face frames; returns the JSON record."""
     model, _ = load_model(checkpoint, device)
     scheduler = DDIMScheduler.from_settings(model.sampler)
-    crops, _ = open_crops(align)
-    status, _, landmarks, identity, _ = read_features(encode)
-    crop_landmarks = read_alignment(align)[1]
+    crops, features = open_crops(align).crops, read_features(encode)
+    status, landmarks, identity = features.status, features.landmarks, features.video_identity
+    crop_landmarks = read_alignment(align).crop_landmarks
     faces = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     frames = faces[np.linspace(0, len(faces) - 1, min(frame_count, len(faces))).round().astype(int)]
     params = load_params(params_file) if params_file.is_file() else None

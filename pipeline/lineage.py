@@ -35,7 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Packages whose version changes what the pipeline computes or how it is run.
 KEY_PACKAGES = ("dva-pipeline", "torch", "numpy", "av", "opencv-python-headless", "dlib-bin", "onnxruntime",
                 "open-clip-torch", "safetensors", "dvc", "prefect")
-CODE_PATHS = ("pipeline", "stages", "pyproject.toml")
+CODE_PATHS = ("pipeline", "stages", "workflows", "pyproject.toml")
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import pyarrow as pa
 import typer
 
 from pipeline import alignment
-from pipeline.artifacts import require_artifact
+from pipeline.artifacts import ALIGN_TABLE_FILE, CROPS_FILE, FRAMES_FILE, MASKS_FILE, META_FILE, require_artifact
 from pipeline.atomic import atomic_output_dir
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
@@ -24,16 +24,12 @@ from pipeline.face_detection import make_landmark_detector
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.networks.face_encoder import load_face_parser
 from pipeline.networks.face_parsing import parsing_face_mask
-from pipeline.params import AlignParams
+from pipeline.params import AlignParams, load_params
 from pipeline.progress import progress_bar
-from pipeline.tables import column_matrix, read_table, vector_column, write_table
+from pipeline.tables import vector_column, write_table
 from pipeline.tracking import NO_FACE, FaceTrack, track_face
 from pipeline.video_io import VideoMeta, read_lossless_frames
-from stages.extract import FRAMES_FILE, META_FILE
 
-CROPS_FILE = "crops.npy"
-MASKS_FILE = "masks.npy"
-TABLE_FILE = "align.parquet"
 PARSE_BATCH = 16
 
 
@@ -92,7 +88,7 @@ def align_video(
         masks.flush()
         del crops, masks
         write_table(
-            work / TABLE_FILE,
+            work / ALIGN_TABLE_FILE,
             {
                 "index": pa.array(np.arange(count), pa.int32()),
                 "status": pa.array(track.status, pa.string()),
@@ -119,33 +115,13 @@ def parse_masks(crops: np.ndarray, masks: np.ndarray, rows: np.ndarray, params: 
             masks[index] = alignment.feather_mask(np.round(mask * 255).astype(np.uint8), params.mask_feather)
 
 
-def read_alignment(align_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
-    """Status per frame, crop landmarks (N, 68, 2), transforms (N, 2, 3) and table metadata."""
-    table, metadata = read_table(require_artifact(align_dir, (TABLE_FILE,), "align") / TABLE_FILE)
-    status = table.column("status").to_pylist()
-    crop_landmarks = column_matrix(table, "crop_landmarks").reshape(-1, 68, 2)
-    transforms = column_matrix(table, "transform").reshape(-1, 2, 3)
-    return status, crop_landmarks, transforms, metadata
-
-
-def open_crops(align_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-mapped crops (N, R, R, 3) and masks (N, R, R): read lazily, never whole."""
-    align_dir = require_artifact(align_dir, (CROPS_FILE, MASKS_FILE), "align")
-    return (
-        np.load(align_dir / CROPS_FILE, mmap_mode="r"),
-        np.load(align_dir / MASKS_FILE, mmap_mode="r"),
-    )
-
-
 def cli(
     extract_dir: Path = typer.Argument(..., help="Output folder of `dva extract`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    settings = stage_params(params)
+    settings = load_params(params)
     counts = align_video(extract_dir, out_dir, settings.align, settings.model.crop_size, progress=not quiet,
                          run_id=cli_run_id(os.environ))
     if not quiet:

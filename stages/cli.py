@@ -5,17 +5,10 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import typer
 
 from pipeline.errors import DvaError
-from pipeline.params import Params, load_params
-
-
-def stage_params(path: Path) -> Params:
-    """Parameters for a stage run, from the file asked for; a missing file is an error naming it."""
-    return load_params(path)
 
 
 def one_line_errors(function: Callable) -> Callable:
@@ -37,7 +30,7 @@ def one_line_errors(function: Callable) -> Callable:
 
 # Command name -> module; only the module a command needs is imported (torch costs seconds).
 STAGE_MODULES = {
-    "edit": "stages.edit_video",
+    "edit": "workflows.one_off",
     "sample": "stages.sample",
     "extract": "stages.extract",
     "align": "stages.align",
@@ -50,8 +43,8 @@ STAGE_MODULES = {
     "render": "stages.render",
     "evaluate": "stages.evaluate",
     "audit": "stages.audit",
-    "batch": "stages.batch",
-    "schedule": "stages.schedule",
+    "batch": "workflows.batch",
+    "schedule": "workflows.schedule",
     "server": "stages.server",
 }
 

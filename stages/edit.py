@@ -10,7 +10,7 @@ blend masks, `baseline.npy` / `baseline_alpha.npy` (the same edit applied to eac
 identity instead of the video's: the per-frame baseline that evaluate compares against) and
 `edit.json` (spec, edited identity, identity similarities; for motion edits the driver and the driver
 frame matched to each frame) and `landmarks.npy` (N, 102), the motion codes every frame was decoded
-with: the video's own, or for motion and expression edits the driven or shifted ones (stages/driving.py).
+with: the video's own, or for motion and expression edits the driven or shifted ones (pipeline/driving.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,23 @@ import numpy as np
 import torch
 import typer
 
+from pipeline.artifacts import (
+    ALPHA_FILE,
+    BASELINE_ALPHA_FILE,
+    BASELINE_FILE,
+    EDIT_INFO_FILE,
+    EDIT_LANDMARKS_FILE,
+    EDITED_FILE,
+    open_crops,
+    read_features,
+    read_inversion,
+)
 from pipeline.atomic import atomic_output_dir
 from pipeline.checkpoint import load_model
 from pipeline.compositing import blend, edit_blend_mask
 from pipeline.device import resolve_device
 from pipeline.diffusion import DDIMScheduler
+from pipeline.driving import MotionInputs, edit_landmark_codes, motion_lineage_inputs, stage_output_drivers
 from pipeline.editing import AttributeClassifier, classifier_edit, reference_edit
 from pipeline.errors import DvaError, InputError
 from pipeline.face_detection import make_landmark_detector
@@ -37,30 +49,21 @@ from pipeline.hashing import sha256_file
 from pipeline.identity import identity_encoder_from_params, l2_normalise
 from pipeline.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
 from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import ClassifierEdit, EditSpec, ExpressionEdit, MotionEdit, Params, ReferenceEdit, TextEdit
+from pipeline.params import (
+    ClassifierEdit,
+    EditSpec,
+    ExpressionEdit,
+    MotionEdit,
+    Params,
+    ReferenceEdit,
+    TextEdit,
+    load_params,
+)
 from pipeline.progress import progress_bar
-from pipeline.store import edit_input_files, edit_weight_files
 from pipeline.still_faces import reference_identity
-from pipeline.tables import read_table
+from pipeline.store import edit_input_files, edit_weight_files
 from pipeline.tracking import NO_FACE
 from pipeline.unet import DiffusionVideoAutoencoder
-from stages.align import open_crops
-from stages.driving import (
-    LANDMARKS_FILE,
-    MotionInputs,
-    edit_landmark_codes,
-    motion_lineage_inputs,
-    stage_output_drivers,
-)
-from stages.encode import read_features
-from stages.invert import NOISE_FILE, RECON_FILE
-from stages.invert import TABLE_FILE as INVERT_TABLE
-
-EDITED_FILE = "edited.npy"
-ALPHA_FILE = "alpha.npy"
-BASELINE_FILE = "baseline.npy"
-BASELINE_ALPHA_FILE = "baseline_alpha.npy"
-INFO_FILE = "edit.json"
 
 IdentityEdit = Callable[[np.ndarray], np.ndarray]
 
@@ -105,7 +108,7 @@ def identity_edit(
         facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
         return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
     if isinstance(spec, MotionEdit | ExpressionEdit):
-        # These edit the motion codes (stages/driving.py); the identity stays the video's.
+        # These edit the motion codes (pipeline/driving.py); the identity stays the video's.
         return (lambda z: z), {}
     return _text_edit(name, spec, model, first_frame, device, progress)
 
@@ -173,11 +176,10 @@ def edit_videos(
     device = resolve_device(settings.device)
     model, _ = load_model(checkpoint, device)
     model = prepare_model(model, settings)
-    crops, masks = open_crops(align_dir)
-    status, frame_identities, landmarks, video_identity, _ = read_features(encode_dir)
-    noise = np.load(Path(invert_dir) / NOISE_FILE, mmap_mode="r")
-    recon = np.load(Path(invert_dir) / RECON_FILE, mmap_mode="r")
-    _, invert_meta = read_table(Path(invert_dir) / INVERT_TABLE)
+    aligned, features, inversion = open_crops(align_dir), read_features(encode_dir), read_inversion(invert_dir)
+    crops, masks, noise, recon = aligned.crops, aligned.masks, inversion.noise, inversion.reconstruction
+    status, frame_identities, landmarks = features.status, features.identities, features.landmarks
+    video_identity, invert_meta = features.video_identity, inversion.metadata
     steps = int(invert_meta["steps"])
     # Decode with the inversion's own sampler: BDIA's state only decodes exactly with BDIA and its gamma.
     # Inversions written before the sampler was recorded are DDIM.
@@ -245,8 +247,8 @@ def edit_videos(
                 "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
                 "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
             } | edits[name][1] | codes[name][1]
-            (works[name] / INFO_FILE).write_text(json.dumps(infos[name], indent=2) + "\n")
-            np.save(works[name] / LANDMARKS_FILE, codes[name][0])
+            (works[name] / EDIT_INFO_FILE).write_text(json.dumps(infos[name], indent=2) + "\n")
+            np.save(works[name] / EDIT_LANDMARKS_FILE, codes[name][0])
             write_lineage(works[name], out_dir, stage="edit",
                           inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec),
                                   *motion_lineage_inputs(name, spec, motion)],
@@ -273,15 +275,12 @@ def cli(
                                      "frame times, needed by motion and expression edits."),
     data_root: Path = typer.Option(Path("data"), help="Folder holding the drivers' stage outputs "
                                    "(drivers/<id>/, extract/<id>, encode/<id>)."),
-    work: Path = typer.Option(Path(".dva-work"), help="Cache for driving videos given as files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    settings = stage_params(params)
+    settings = load_params(params)
     motion = None
     if extract_dir is not None:
-        motion = MotionInputs(extract_dir, stage_output_drivers([name], settings, data_root, work, not quiet))
+        motion = MotionInputs(extract_dir, stage_output_drivers([name], settings, data_root))
     info = edit_video(name, settings, checkpoint, align_dir, encode_dir, invert_dir, out_dir,
                       baseline=baseline, progress=not quiet, run_id=cli_run_id(os.environ), motion=motion)
     if not quiet:

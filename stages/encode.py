@@ -17,20 +17,17 @@ import pyarrow as pa
 import typer
 
 from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
-from pipeline.artifacts import require_artifact
+from pipeline.artifacts import FEATURES_FILE, open_crops, read_alignment
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import MissingWeightsError
 from pipeline.hashing import sha256_file
 from pipeline.identity import identity_encoder_from_params, l2_normalise
 from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import EncodeParams
+from pipeline.params import EncodeParams, load_params
 from pipeline.progress import progress_bar
-from pipeline.tables import column_matrix, read_table, vector_column, write_table
+from pipeline.tables import vector_column, write_table
 from pipeline.tracking import NO_FACE, OK
-from stages.align import CROPS_FILE, MASKS_FILE, open_crops, read_alignment
-from stages.align import TABLE_FILE as ALIGN_TABLE_FILE
 
-TABLE_FILE = "features.parquet"
 BATCH = 32
 
 
@@ -81,9 +78,9 @@ def encode_video(
     align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True, run_id: str = "python"
 ) -> np.ndarray:
     """Encode every aligned frame; returns the video identity."""
-    require_artifact(align_dir, (ALIGN_TABLE_FILE, CROPS_FILE, MASKS_FILE), "align")
-    status, crop_landmarks, _, align_meta = read_alignment(align_dir)
-    crops, _ = open_crops(align_dir)
+    alignment = read_alignment(align_dir)
+    status, crop_landmarks = alignment.status, alignment.crop_landmarks
+    crops = open_crops(align_dir).crops
     size = crops.shape[1]
     encoder = identity_encoder_from_params(params)
     landmarks = landmark_features_from_params(params)
@@ -102,7 +99,7 @@ def encode_video(
     video_identity = l2_normalise(identities[ok if ok.any() else valid].mean(axis=0))
     with atomic_output_dir(out_dir) as work:
         write_table(
-            work / TABLE_FILE,
+            work / FEATURES_FILE,
             {
                 "index": pa.array(np.arange(count), pa.int32()),
                 "status": pa.array(status, pa.string()),
@@ -116,24 +113,12 @@ def encode_video(
                 "weights_sha256": {**encoder.weights, **landmarks.weights},
                 "video_identity": video_identity.tolist(),
                 "crop_size": size,
-                "landmark_backend": align_meta.get("backend"),
+                "landmark_backend": alignment.metadata.get("backend"),
             },
         )
         write_lineage(work, out_dir, stage="encode", inputs=[align_dir], params={"encode": params},
                       weights={**encoder.weight_files, **landmarks.weight_files}, run_id=run_id)
     return video_identity
-
-
-def read_features(encode_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Status, per-frame identities (N, D), landmark features (N, 102), video identity (D,), metadata."""
-    table, metadata = read_table(require_artifact(encode_dir, (TABLE_FILE,), "encode") / TABLE_FILE)
-    return (
-        table.column("status").to_pylist(),
-        column_matrix(table, "identity").astype(np.float32),
-        column_matrix(table, "landmark_feature").astype(np.float32),
-        np.asarray(metadata["video_identity"], dtype=np.float32),
-        metadata,
-    )
 
 
 def cli(
@@ -142,8 +127,6 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    encode_video(align_dir, out_dir, stage_params(params).encode, progress=not quiet, run_id=cli_run_id(os.environ))
+    encode_video(align_dir, out_dir, load_params(params).encode, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{align_dir}: features -> {out_dir}")

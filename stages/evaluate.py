@@ -22,24 +22,26 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.artifacts import require_artifact
+from pipeline.artifacts import (
+    EDIT_LANDMARKS_FILE,
+    read_alignment,
+    read_edit,
+    read_features,
+    read_reconstruction,
+    read_render_metrics,
+    require_artifact,
+)
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import InputError
-from pipeline.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
 from pipeline.face_detection import make_landmark_detector
+from pipeline.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
 from pipeline.identity_metrics import temporal_identity_consistency
 from pipeline.landmark_metrics import detect_crop_landmarks, follow_summary
 from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.motion import feature_to_crop_fraction, landmark_errors
-from pipeline.params import AlignParams, EncodeParams
+from pipeline.params import AlignParams, EncodeParams, load_params
 from pipeline.progress import progress_bar
 from pipeline.tracking import NO_FACE
-from stages.align import read_alignment
-from stages.driving import LANDMARKS_FILE
-from stages.edit import BASELINE_FILE, EDITED_FILE, INFO_FILE
-from stages.encode import read_features
-from stages.invert import RECON_FILE
-from stages.render import METRICS_FILE as RENDER_METRICS
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "identity.csv"
@@ -78,28 +80,23 @@ def evaluate_edit(
 ) -> dict:
     """Compute and write the metrics of one edit; returns them. `align` sets the landmark detector."""
     align = align or AlignParams()
-    status, crop_landmarks, _, _ = read_alignment(align_dir)
-    _, source_codes, _, video_identity, features_meta = read_features(encode_dir)
-    require_artifact(invert_dir, (RECON_FILE,), "invert")
-    require_artifact(edit_dir, (EDITED_FILE, INFO_FILE), "edit-frames")
-    require_artifact(render_dir, (RENDER_METRICS,), "render")
+    alignment, features = read_alignment(align_dir), read_features(encode_dir)
+    status, crop_landmarks = alignment.status, alignment.crop_landmarks
+    source_codes, video_identity, features_meta = features.identities, features.video_identity, features.metadata
+    reconstruction, edit, render = read_reconstruction(invert_dir), read_edit(edit_dir), read_render_metrics(render_dir)
+    require_artifact(edit_dir, (EDIT_LANDMARKS_FILE,), "edit-frames")
     encoder = identity_encoder_from_params(params)
     if encoder.name != features_meta["encoder"]:
         raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, evaluate uses {encoder.name}")
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     source = source_codes[frames]
-    stacks = {
-        "reconstruction": Path(invert_dir) / RECON_FILE,
-        "edit": Path(edit_dir) / EDITED_FILE,
-        "baseline": Path(edit_dir) / BASELINE_FILE,
-    }
+    stacks = {"reconstruction": reconstruction, "edit": edit.edited, "baseline": edit.baseline}
     codes = {
-        name: embed_crops(encoder, np.load(path, mmap_mode="r"), crop_landmarks, frames, progress, f"identity {name}")
-        for name, path in stacks.items()
-        if path.is_file()
+        name: embed_crops(encoder, crops, crop_landmarks, frames, progress, f"identity {name}")
+        for name, crops in stacks.items()
+        if crops is not None
     }
-    info = json.loads((Path(edit_dir) / INFO_FILE).read_text())
-    render = json.loads((Path(render_dir) / RENDER_METRICS).read_text())
+    info = edit.info
     metrics: dict = {"frames": int(len(frames))}
     plot = pd.DataFrame({"frame": frames})
     for name, embedded in codes.items():
@@ -113,11 +110,11 @@ def evaluate_edit(
     metrics["edit"]["background_psnr_min"] = render["background_psnr_min"]
     metrics["edit"]["code_cosine_to_source"] = info["identity_cosine_to_source"]
     detector = make_landmark_detector(align.backend, align.fan_weights, 0, align.detection_threshold)
-    asked = feature_to_crop_fraction(np.load(Path(edit_dir) / LANDMARKS_FILE)[frames],
+    asked = feature_to_crop_fraction(np.load(Path(edit_dir) / EDIT_LANDMARKS_FILE)[frames],
                                      features_meta.get("landmark_feature_backend", "dlib"))
     errors, found = pd.DataFrame({"frame": frames}), {}
     for name in ("edit", "reconstruction"):
-        points, found[name] = detect_crop_landmarks(detector, np.load(stacks[name], mmap_mode="r"), frames,
+        points, found[name] = detect_crop_landmarks(detector, stacks[name], frames,
                                                     crop_landmarks, progress, f"landmarks {name}")
         errors[name] = landmark_errors(points, asked)
     metrics["landmarks"] = follow_summary(errors["edit"].to_numpy(), errors["reconstruction"].to_numpy(),
@@ -142,9 +139,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    settings = stage_params(params)
+    settings = load_params(params)
     metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir, settings.encode,
                             progress=not quiet, run_id=cli_run_id(os.environ), align=settings.align)
     if not quiet:

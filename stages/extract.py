@@ -14,16 +14,13 @@ from pathlib import Path
 import pyarrow as pa
 import typer
 
+from pipeline.artifacts import AUDIO_FILE, FRAME_TABLE_FILE, FRAMES_FILE, META_FILE
 from pipeline.atomic import atomic_output_dir
 from pipeline.lineage import cli_run_id, write_lineage
+from pipeline.params import load_params
 from pipeline.progress import progress_bar
 from pipeline.tables import write_table
 from pipeline.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
-
-FRAMES_FILE = "frames.mkv"
-TABLE_FILE = "frames.parquet"
-META_FILE = "meta.json"
-AUDIO_FILE = "audio.mka"
 
 
 def extract_video(
@@ -44,7 +41,7 @@ def extract_video(
                 pts.append(frame.pts)
                 times.append(frame.time)
         write_table(
-            work / TABLE_FILE,
+            work / FRAME_TABLE_FILE,
             {
                 "index": pa.array(indices, pa.int32()),
                 "pts": pa.array(pts, pa.int64()),
@@ -70,9 +67,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    limit = max_frames if max_frames is not None else stage_params(params).extract.max_frames
+    limit = max_frames if max_frames is not None else load_params(params).extract.max_frames
     meta = extract_video(video, out_dir, limit, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{video}: {meta.frame_count} frames {meta.width}x{meta.height} @ {meta.fps:.3f} fps -> {out_dir}")

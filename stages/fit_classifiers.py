@@ -27,7 +27,7 @@ from pipeline.face_detection import make_landmark_detector
 from pipeline.hashing import sha256_file
 from pipeline.identity import identity_encoder_from_params
 from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams
+from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams, load_params
 from pipeline.progress import progress_bar
 from pipeline.still_faces import align_still, read_image
 
@@ -149,9 +149,7 @@ def cli(
     labels: Path = typer.Option(None, "--labels", help="Override fit_classifiers.labels (the label table)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    settings = stage_params(params)
+    settings = load_params(params)
     section = settings.fit_classifiers
     if labels is not None:
         section = section.model_copy(update={"labels": str(labels)})

@@ -21,6 +21,14 @@ import torch
 import typer
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from pipeline.artifacts import (
+    INVERT_METRICS_FILE,
+    INVERT_TABLE_FILE,
+    NOISE_FILE,
+    RECON_FILE,
+    open_crops,
+    read_features,
+)
 from pipeline.atomic import atomic_output_dir
 from pipeline.checkpoint import load_model
 from pipeline.device import resolve_device
@@ -29,17 +37,10 @@ from pipeline.errors import InputError
 from pipeline.hashing import sha256_file
 from pipeline.inversion import decode_frames, face_codes, invert_frames, prepare_model, to_model_images, to_uint8_crops
 from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import InvertParams
+from pipeline.params import InvertParams, load_params
 from pipeline.progress import progress_bar
 from pipeline.tables import write_table
 from pipeline.tracking import NO_FACE
-from stages.align import open_crops
-from stages.encode import read_features
-
-NOISE_FILE = "noise.npy"
-RECON_FILE = "recon.npy"
-TABLE_FILE = "frames.parquet"
-METRICS_FILE = "metrics.json"
 
 
 def frame_quality(reference: np.ndarray, decoded: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +69,9 @@ def invert_video(
     device = resolve_device(params.device)
     model, model_meta = load_model(checkpoint, device)
     model = prepare_model(model, params)
-    crops, _ = open_crops(align_dir)
-    status, _, landmarks, identity, features_meta = read_features(encode_dir)
+    crops, features = open_crops(align_dir).crops, read_features(encode_dir)
+    status, landmarks, identity = features.status, features.landmarks, features.video_identity
+    features_meta = features.metadata
     if crops.shape[1] != model.config.resolution:
         raise InputError(align_dir, f"crops are {crops.shape[1]} px but the model is {model.config.resolution} px")
     if features_meta["encoder"] != model_meta.get("identity_encoder", features_meta["encoder"]):
@@ -113,7 +115,7 @@ def invert_video(
             "steps": params.steps,
         }
         write_table(
-            work / TABLE_FILE,
+            work / INVERT_TABLE_FILE,
             {
                 "index": pa.array(np.arange(count), pa.int32()),
                 "status": pa.array(status, pa.string()),
@@ -124,7 +126,7 @@ def invert_video(
             {"checkpoint_sha256": sha256_file(Path(checkpoint)), "steps": params.steps, "sampler": params.sampler,
              "bdia_gamma": params.bdia_gamma, "video_identity": identity.tolist()},
         )
-        (work / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        (work / INVERT_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_lineage(work, out_dir, stage="invert", inputs=[align_dir, encode_dir], params={"invert": params},
                       weights={"autoencoder": Path(checkpoint)}, run_id=run_id)
     return metrics
@@ -139,9 +141,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    settings = stage_params(params).invert
+    settings = load_params(params).invert
     if steps is not None:
         settings = settings.model_copy(update={"steps": steps})
     metrics = invert_video(checkpoint, align_dir, encode_dir, out_dir, settings, progress=not quiet,

@@ -18,6 +18,7 @@ import torch
 import typer
 
 from pipeline import checkpoint
+from pipeline.artifacts import CROPS_FILE, FEATURES_FILE, MASKS_FILE, MODEL_FILE, open_crops, read_features
 from pipeline.atomic import atomic_output_dir
 from pipeline.device import resolve_device
 from pipeline.errors import InputError
@@ -26,16 +27,12 @@ from pipeline.lineage import cli_run_id, write_lineage
 from pipeline.networks.face_encoder import load_face_parser
 from pipeline.networks.face_parsing import FaceParser, parsing_face_mask
 from pipeline.networks.landmark_net import INPUT_SIZE as LANDMARK_INPUT_SIZE
-from pipeline.params import Params
+from pipeline.params import Params, load_params
 from pipeline.progress import progress_bar
 from pipeline.tracking import NO_FACE
 from pipeline.training import TrainingClip, build_config, build_sampler, train
 from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
-from stages.align import CROPS_FILE, MASKS_FILE, open_crops
-from stages.encode import TABLE_FILE as FEATURES_FILE
-from stages.encode import read_features
 
-MODEL_FILE = "model.safetensors"
 PARSE_BATCH = 16
 
 
@@ -47,9 +44,9 @@ def load_clip(
     With a face `parser`, L_reg's masks are the parsed face foreground of each crop (the reference's
     image variant, hard 0/1) instead of the align stage's feathered landmark masks.
     """
-    crops, masks = open_crops(align_dir)
-    status, identities, landmarks, identity, metadata = read_features(encode_dir)
-    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    aligned, features = open_crops(align_dir), read_features(encode_dir)
+    crops, masks, metadata = aligned.crops, aligned.masks, features.metadata
+    frames = np.array([index for index, state in enumerate(features.status) if state != NO_FACE])
     if len(frames) == 0:
         raise InputError(align_dir, "no aligned face frames to train on")
     hashes = {
@@ -64,7 +61,9 @@ def load_clip(
             masks[rows] = np.round(parsing_face_mask(np.asarray(crops[rows]), parser, for_video=False) * 255)
     # The reference (mobilenet) feature lives in the 224 px centre crop of the 256 px face; dlib's in the crop.
     landmark_frame = LANDMARK_INPUT_SIZE if metadata.get("landmark_feature_backend") == "mobilenet" else crops.shape[1]
-    return TrainingClip(crops, masks, landmarks, identity, identities, frames, landmark_frame), hashes, metadata
+    clip = TrainingClip(crops, masks, features.landmarks, features.video_identity, features.identities, frames,
+                        landmark_frame)
+    return clip, hashes, metadata
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -177,9 +176,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
-    settings = stage_params(params)
+    settings = load_params(params)
     if steps is not None:
         settings = settings.model_copy(update={"train": settings.train.model_copy(update={"steps": steps})})
     summary = train_autoencoder(settings, data_root, out_dir, state_file, progress=not quiet, quiet=quiet,

@@ -317,10 +317,10 @@ def test_flip_matches_dlib_landmarks_on_a_mirrored_real_crop(sample_align):
     # left/right partner table were wrong, the flipped feature would describe a different face
     # than the flipped pixels. Compare against what the detector actually sees.
     from pipeline.face_detection import DlibLandmarkDetector
-    from stages.align import open_crops, read_alignment
+    from pipeline.artifacts import open_crops, read_alignment
 
-    status, _, _, _ = read_alignment(sample_align)
-    crops, _ = open_crops(sample_align)
+    status = read_alignment(sample_align).status
+    crops = open_crops(sample_align).crops
     size = crops.shape[1]
     upscale = 4  # dlib's HOG finds nothing in a 64-px crop; work at 256 px and scale back
     detector = DlibLandmarkDetector(upsample=0, threshold=0.0)

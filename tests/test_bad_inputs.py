@@ -90,7 +90,10 @@ def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
 
 @pytest.fixture(scope="module")
 def bad_cases(tmp_path_factory, sample_clip, video_tools) -> dict[str, CliCase]:
-    return _cases(tmp_path_factory.mktemp("bad_inputs"), sample_clip, video_tools)
+    root = tmp_path_factory.mktemp("bad_inputs")
+    # Every command reads the params file it is given (params.yaml by default); an empty one means defaults.
+    (root / "params.yaml").write_text("{}\n")
+    return _cases(root, sample_clip, video_tools)
 
 
 CASE_NAMES = [
@@ -133,7 +136,7 @@ def test_bad_input_fails_with_one_line_and_no_output(bad_cases, name, monkeypatc
     from stages.cli import main
 
     case = bad_cases[name]
-    monkeypatch.chdir(case.out.parent)  # no params.yaml there: defaults unless --params is given
+    monkeypatch.chdir(case.out.parent)
     monkeypatch.setattr(sys, "argv", ["dva", *case.args, "--quiet"])
     with pytest.raises(SystemExit) as exit_info:
         main()

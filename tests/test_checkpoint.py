@@ -85,6 +85,7 @@ def test_cli_refuses_a_non_checkpoint_in_one_line(tmp_path, sample_run, dva_exec
     bogus = tmp_path / "not_a_checkpoint"
     bogus.write_text(json.dumps({"weights": [1, 2, 3]}))
     out = tmp_path / "invert"
+    (tmp_path / "params.yaml").write_text("{}\n")  # defaults, so the checkpoint is what fails
     result = subprocess.run(
         [dva_executable, "invert", str(bogus), str(sample_run.align), str(sample_run.encode), str(out), "--quiet"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,

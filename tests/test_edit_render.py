@@ -15,18 +15,31 @@ import pandas as pd
 import pytest
 
 from pipeline.alignment import warp_to_frame
+from pipeline.artifacts import (
+    ALPHA_FILE,
+    BASELINE_FILE,
+    CONTACT_SHEET_FILE,
+    EDIT_INFO_FILE,
+    EDITED_FILE,
+    FRAMES_FILE,
+    RECON_FILE,
+    SIDE_BY_SIDE_FILE,
+    VIDEO_FILE,
+    open_crops,
+    read_alignment,
+)
 from pipeline.compositing import blend
 from pipeline.params import EncodeParams
 from pipeline.tracking import NO_FACE
 from pipeline.video_io import iter_frames, read_lossless_frames
-from stages.align import align_video, open_crops, read_alignment
-from stages.edit import ALPHA_FILE, BASELINE_FILE, EDITED_FILE, INFO_FILE, edit_video, edit_videos
+from stages.align import align_video
+from stages.edit import edit_video, edit_videos
 from stages.encode import encode_video
 from stages.evaluate import METRICS_FILE as EVALUATE_METRICS
 from stages.evaluate import PLOT_FILE, evaluate_edit
-from stages.extract import FRAMES_FILE, extract_video
-from stages.invert import RECON_FILE, invert_video
-from stages.render import CONTACT_SHEET_FILE, SIDE_BY_SIDE_FILE, VIDEO_FILE, composite_frames, render_video
+from stages.extract import extract_video
+from stages.invert import invert_video
+from stages.render import composite_frames, render_video
 
 EDITS = {
     "zero": {"kind": "reference", "away": True, "strength": 0.0},
@@ -66,16 +79,17 @@ def test_edits_decoded_together_match_edits_decoded_one_by_one(micro_model, micr
             difference = np.abs(joint.astype(int) - single.astype(int))
             assert difference.max() <= 1, (name, file)
             assert (difference == 0).mean() > 0.99, (name, file)
-        assert json.loads((together[name] / INFO_FILE).read_text()) == json.loads((alone / INFO_FILE).read_text())
+        assert json.loads((together[name] / EDIT_INFO_FILE).read_text()) == json.loads((alone / EDIT_INFO_FILE).read_text())
 
 
 def _face_frames(align: Path) -> np.ndarray:
-    return np.array([index for index, state in enumerate(read_alignment(align)[0]) if state != NO_FACE])
+    return np.array([index for index, state in enumerate(read_alignment(align).status) if state != NO_FACE])
 
 
 def test_zero_strength_edit_reproduces_the_reconstruction(sample_edits, micro_inversion, sample_run):
     edit = sample_edits["zero"]
-    crops, masks = open_crops(sample_run.align)
+    aligned = open_crops(sample_run.align)
+    crops, masks = aligned.crops, aligned.masks
     recon = np.load(micro_inversion / RECON_FILE)
     edited, alpha = np.load(edit / EDITED_FILE), np.load(edit / ALPHA_FILE)
     for frame in _face_frames(sample_run.align):
@@ -87,13 +101,14 @@ def test_zero_strength_edit_reproduces_the_reconstruction(sample_edits, micro_in
         expected = blend(recon[frame], np.asarray(crops[frame]), alpha[frame] / 255).astype(int)
         assert np.abs(edited[frame].astype(int) - expected)[inside].max() <= 1, frame
         assert np.array_equal(edited[frame][~inside], crops[frame][~inside])
-    info = json.loads((edit / INFO_FILE).read_text())
+    info = json.loads((edit / EDIT_INFO_FILE).read_text())
     assert info["identity_cosine_to_source"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_anonymising_edit_changes_the_face_and_keeps_the_background(sample_edits, micro_inversion, sample_run):
     edit = sample_edits["anon"]
-    crops, masks = open_crops(sample_run.align)
+    aligned = open_crops(sample_run.align)
+    crops, masks = aligned.crops, aligned.masks
     recon = np.load(micro_inversion / RECON_FILE).astype(np.float32)
     edited, alpha = np.load(edit / EDITED_FILE), np.load(edit / ALPHA_FILE)
     changes = []
@@ -105,7 +120,7 @@ def test_anonymising_edit_changes_the_face_and_keeps_the_background(sample_edits
         assert outside.mean() > 0.2, frame  # there is background to keep
         assert np.array_equal(edited[frame][outside], crops[frame][outside]), frame
     assert min(changes) > MIN_EDIT_EFFECT, changes
-    info = json.loads((edit / INFO_FILE).read_text())
+    info = json.loads((edit / EDIT_INFO_FILE).read_text())
     # Strength 1 rotates the identity code by 45 degrees (pipeline.editing.reference_edit).
     assert info["identity_cosine_to_source"] == pytest.approx(2**-0.5, abs=1e-5)
     assert not (edit / BASELINE_FILE).exists()  # baseline=False skips the per-frame baseline
@@ -160,7 +175,7 @@ def _video_facts(path: Path) -> dict:
 
 
 def test_rendered_video_keeps_frame_count_timing_and_audio(audio_run):
-    statuses = read_alignment(audio_run.align)[0]
+    statuses = read_alignment(audio_run.align).status
     noise = range(NOISE_AT, NOISE_AT + NOISE_FRAMES)
     assert [statuses[index] for index in noise] == [NO_FACE] * NOISE_FRAMES  # the setup this test relies on
 
@@ -181,7 +196,8 @@ def test_rendered_video_keeps_frame_count_timing_and_audio(audio_run):
 
 
 def test_composite_leaves_faceless_frames_and_background_untouched(audio_run):
-    statuses, _, transforms, _ = read_alignment(audio_run.align)
+    alignment = read_alignment(audio_run.align)
+    statuses, transforms = alignment.status, alignment.transforms
     alpha = np.load(audio_run.edit / ALPHA_FILE)
     originals = list(read_lossless_frames(audio_run.extract / FRAMES_FILE))
     changed_faces = 0
@@ -201,7 +217,7 @@ def test_composite_leaves_faceless_frames_and_background_untouched(audio_run):
 
 
 def test_contact_sheet_rows_are_source_reconstruction_and_edit(audio_run):
-    crops, _ = open_crops(audio_run.align)
+    crops = open_crops(audio_run.align).crops
     stacks = [np.asarray(crops), np.load(audio_run.invert / RECON_FILE), np.load(audio_run.edit / EDITED_FILE)]
     sheet = cv2.cvtColor(cv2.imread(str(audio_run.render / CONTACT_SHEET_FILE)), cv2.COLOR_BGR2RGB)
     size = crops.shape[1]

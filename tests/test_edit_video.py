@@ -16,7 +16,7 @@ def _folders(work, prefix):
 
 
 def test_second_edit_reuses_alignment_and_inversion(micro_model, sample_clip, tmp_path):
-    from stages.edit_video import edit_one_video
+    from workflows.one_off import edit_one_video
 
     params = micro_model.settings(extract={"max_frames": SAMPLE_FRAMES},
                                   edits={"anon": {"kind": "reference", "away": True, "strength": 1.0}})
@@ -42,7 +42,7 @@ def test_second_edit_reuses_alignment_and_inversion(micro_model, sample_clip, tm
 
 @pytest.mark.parametrize("spec", ["unknown_name", '{"kind": "reference"}', "{not json"])
 def test_bad_edit_spec_is_a_params_error(micro_model, spec):
-    from stages.edit_video import parse_edit_spec
+    from workflows.one_off import parse_edit_spec
 
     with pytest.raises(ParamsError, match="--edit"):
         parse_edit_spec(spec, micro_model.settings())

@@ -117,7 +117,7 @@ def test_csv_table_end_to_end(faces, tmp_path):
     card = _run(labels, out)
 
     produced = sorted(p.name for p in out.iterdir())
-    assert produced == ["card.json", "classifier.safetensors", "lineage.json", "metrics.json"]
+    assert produced == ["card.json", "classifier.safetensors", "lineage.json", "lineage.run.json", "metrics.json"]
     assert json.loads((out / "card.json").read_text()) == card
     assert card["images_listed"] == len(table)
     assert card["images_skipped"] == 1 and card["skipped_examples"] == [NO_FACE_IMAGE]

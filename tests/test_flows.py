@@ -59,7 +59,7 @@ def batch_setup(tmp_path_factory, sample_clip, micro_model, video_tools):
 
 
 def _batch(setup, videos: Path, out: Path, **options):
-    from stages.batch import run_batch
+    from workflows.batch import run_batch
 
     _, _, params_file, checkpoint = setup
     return run_batch(videos, checkpoint, list(EDITS), out, params_file, retries=options.pop("retries", 0),
@@ -103,7 +103,7 @@ def test_rerun_is_fully_cached(first_batch, batch_setup):
 def test_inline_json_edit_runs_beside_a_named_edit(first_batch, batch_setup, tmp_path):
     import json
 
-    from stages.batch import run_batch
+    from workflows.batch import run_batch
 
     out, _ = first_batch
     _, videos, params_file, checkpoint = batch_setup
@@ -133,7 +133,7 @@ def test_changed_edit_reruns_only_its_edit_render_and_evaluate(first_batch, batc
     single.mkdir()
     shutil.copyfile(videos / "clip 0.mp4", single / "clip 0.mp4")
 
-    from stages.batch import run_batch
+    from workflows.batch import run_batch
 
     rows = run_batch(single, checkpoint, list(EDITS), out, changed, retries=0, quiet=True)
     assert [(row.edit, row.status) for row in rows] == [("anonymise", "cached"), ("nudge", "completed")]
@@ -157,7 +157,7 @@ def test_changed_sampler_reruns_invert_and_everything_after_it(first_batch, batc
         return {path for path in (out / "work" / stage).iterdir() if path.is_dir()}
 
     before = {stage: folders(stage) for stage in ("extract", "encode", "invert", "edit", "render")}
-    from stages.batch import run_batch
+    from workflows.batch import run_batch
 
     rows = run_batch(single, checkpoint, list(EDITS), out, changed, retries=0, quiet=True)
     assert [(row.edit, row.status) for row in rows] == [(edit, "completed") for edit in EDITS]
@@ -220,7 +220,7 @@ def test_flow_on_a_local_dask_cluster(batch_setup, tmp_path):
 def test_gpu_limit_serialises_gpu_tasks():
     from prefect import flow, task
 
-    from pipeline.flows import ensure_gpu_limit, gpu_device
+    from workflows.flows import ensure_gpu_limit, gpu_device
 
     spans, lock = [], threading.Lock()
 

@@ -20,10 +20,17 @@ from pipeline.diffusion import DDIMScheduler
 from pipeline.inversion import decode_frames, face_codes, to_uint8_crops
 from pipeline.tables import read_table
 from pipeline.tracking import NO_FACE
-from stages.align import open_crops
-from stages.edit import EDITED_FILE, edit_videos
-from stages.encode import read_features
-from stages.invert import METRICS_FILE, NOISE_FILE, RECON_FILE, TABLE_FILE, invert_video
+from pipeline.artifacts import (
+    EDITED_FILE,
+    INVERT_METRICS_FILE,
+    INVERT_TABLE_FILE,
+    NOISE_FILE,
+    RECON_FILE,
+    open_crops,
+    read_features,
+)
+from stages.edit import edit_videos
+from stages.invert import invert_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Mean absolute change (grey levels) of the face region. Observed with the micro model: about 0.2
@@ -34,7 +41,7 @@ MIN_IDENTITY_EFFECT = 0.5
 
 
 def test_invert_writes_noise_maps_reconstructions_and_metrics(micro_inversion, sample_run):
-    crops, _ = open_crops(sample_run.align)
+    crops = open_crops(sample_run.align).crops
     count, size = len(crops), crops.shape[1]
     noise = np.load(micro_inversion / NOISE_FILE)
     recon = np.load(micro_inversion / RECON_FILE)
@@ -42,14 +49,14 @@ def test_invert_writes_noise_maps_reconstructions_and_metrics(micro_inversion, s
     assert recon.shape == (count, size, size, 3) and recon.dtype == np.uint8
     assert np.isfinite(noise).all()
 
-    metrics = json.loads((micro_inversion / METRICS_FILE).read_text())
-    status = read_features(sample_run.encode)[0]
+    metrics = json.loads((micro_inversion / INVERT_METRICS_FILE).read_text())
+    status = read_features(sample_run.encode).status
     faces = [index for index, state in enumerate(status) if state != NO_FACE]
     assert metrics["frames"] == len(faces) and metrics["steps"] == 5
     for key in ("psnr", "ssim", "noise_std"):
         assert np.isfinite(metrics[key]), key
 
-    table, meta = read_table(micro_inversion / TABLE_FILE)
+    table, meta = read_table(micro_inversion / INVERT_TABLE_FILE)
     assert table.column("index").to_pylist() == list(range(count))
     assert table.column("status").to_pylist() == status
     assert meta["steps"] == 5 and len(meta["checkpoint_sha256"]) == 64
@@ -72,9 +79,9 @@ class CodeEffects:
 def code_effects(checkpoint: Path, align: Path, encode: Path, invert: Path) -> CodeEffects:
     """Decode one frame's noise map three ways: own codes, another frame's landmarks, another identity."""
     model, _ = load_model(checkpoint)
-    _, masks = open_crops(align)
-    status, _, landmarks, identity, _ = read_features(encode)
-    _, meta = read_table(invert / TABLE_FILE)
+    masks, features = open_crops(align).masks, read_features(encode)
+    status, landmarks, identity = features.status, features.landmarks, features.video_identity
+    _, meta = read_table(invert / INVERT_TABLE_FILE)
     faces = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     frame = int(faces[0])
     # The frame whose landmarks differ most from this one's: the strongest motion the clip has.
@@ -118,10 +125,10 @@ def test_demo_model_inverts_well_and_uses_its_codes():
     missing = [str(path) for path in paths.values() if not path.exists()]
     if missing:
         pytest.skip(f"demo artifacts not built (dvc repro): {', '.join(missing)}")
-    metrics = json.loads((paths["invert"] / METRICS_FILE).read_text())
+    metrics = json.loads((paths["invert"] / INVERT_METRICS_FILE).read_text())
     assert metrics["psnr"] >= 30, metrics
     assert metrics["ssim"] >= 0.95, metrics
-    if read_table(paths["invert"] / TABLE_FILE)[1]["sampler"] == "ddim":
+    if read_table(paths["invert"] / INVERT_TABLE_FILE)[1]["sampler"] == "ddim":
         # Noise maps of a model that learnt the data are unit Gaussians; a model that ignores its input
         # reconstructs just as well but with noise maps far from std 1. BDIA's x_T also carries its
         # two-step recurrence's alternating mode (std 0.3-1.7 with the demo model, by S), so for BDIA
@@ -152,17 +159,17 @@ def bdia_inversion(micro_model, sample_run, tmp_path_factory) -> Path:
 
 
 def test_bdia_inversion_stores_two_latents_and_reconstructs_exactly(bdia_inversion, sample_run):
-    crops, _ = open_crops(sample_run.align)
+    crops = open_crops(sample_run.align).crops
     count, size = len(crops), crops.shape[1]
     noise = np.load(bdia_inversion / NOISE_FILE)
     assert noise.shape == (count, 2, 3, size, size) and np.isfinite(noise).all()
-    _, meta = read_table(bdia_inversion / TABLE_FILE)
+    _, meta = read_table(bdia_inversion / INVERT_TABLE_FILE)
     assert (meta["sampler"], meta["steps"], meta["bdia_gamma"]) == ("bdia", 5, 1.0)
-    metrics = json.loads((bdia_inversion / METRICS_FILE).read_text())
+    metrics = json.loads((bdia_inversion / INVERT_METRICS_FILE).read_text())
     # Measured on the float decode (observed ~100 dB); DDIM at S=5 gets ~20 dB from this model.
     assert metrics["psnr"] > 60 and metrics["ssim"] > 0.9999, metrics
     recon = np.load(bdia_inversion / RECON_FILE)
-    faces = [index for index, state in enumerate(read_features(sample_run.encode)[0]) if state != NO_FACE]
+    faces = [index for index, state in enumerate(read_features(sample_run.encode).status) if state != NO_FACE]
     difference = np.abs(recon[faces].astype(int) - np.asarray(crops)[faces].astype(int))
     assert difference.max() <= 1 and (difference == 0).mean() > 0.999
 
@@ -175,8 +182,9 @@ def test_edits_decode_with_the_inversions_sampler(micro_model, bdia_inversion, s
     infos = edit_videos(out, params, micro_model.checkpoint, sample_run.align, sample_run.encode, bdia_inversion,
                         baseline=False, progress=False)
     assert {info["sampler"] for info in infos.values()} == {"bdia"}
-    crops, masks = open_crops(sample_run.align)
-    faces = [index for index, state in enumerate(read_features(sample_run.encode)[0]) if state != NO_FACE]
+    aligned = open_crops(sample_run.align)
+    crops, masks = aligned.crops, aligned.masks
+    faces = [index for index, state in enumerate(read_features(sample_run.encode).status) if state != NO_FACE]
     source = np.asarray(crops)[faces].astype(np.float32)
     # Strength 0: the exact reconstruction blended over the source is the source.
     zero = np.load(out["zero"] / EDITED_FILE)[faces].astype(np.float32)

@@ -5,18 +5,18 @@ frame rate, an expression edit through the edit stage, and the one-line errors o
 from __future__ import annotations
 
 import json
+
 import av
 import cv2
 import numpy as np
 import pytest
+from pipeline.artifacts import EDIT_INFO_FILE, EDIT_LANDMARKS_FILE, EDITED_FILE, RECON_FILE, read_features
+from pipeline.driving import MotionInputs
 
 from pipeline.motion import expression_direction
 from pipeline.video_io import iter_frames
 from stages.cli import main
-from stages.driving import LANDMARKS_FILE, MotionInputs
-from stages.edit import EDITED_FILE, INFO_FILE, edit_video
-from stages.encode import read_features
-from stages.invert import RECON_FILE
+from stages.edit import edit_video
 from tests.conftest import SAMPLE_FRAMES
 
 DRIVER_FPS = 15  # half the sample's rate: each driver frame covers two target frames
@@ -43,7 +43,7 @@ def _times(path):
 
 
 def test_dva_edit_follows_a_driver_of_another_size_and_frame_rate(micro_model, sample_clip, driver_clip, tmp_path):
-    from stages.edit_video import edit_one_video
+    from workflows.one_off import edit_one_video
 
     params = micro_model.settings(extract={"max_frames": SAMPLE_FRAMES})
     out = tmp_path / "driven.mp4"
@@ -68,13 +68,13 @@ def test_dva_edit_follows_a_driver_of_another_size_and_frame_rate(micro_model, s
 
     video_work = tmp_path / "work" / content_key(sha256_file(sample_clip))
     edit_dir = next(video_work.glob("edit-*"))
-    info = json.loads((edit_dir / INFO_FILE).read_text())
+    info = json.loads((edit_dir / EDIT_INFO_FILE).read_text())
     expected = np.minimum(np.floor(np.asarray(source_times) * DRIVER_FPS + 1e-4), SAMPLE_FRAMES // 2 - 1)
     assert info["driver_frame_of_each_frame"] == expected.astype(int).tolist()
     assert info["driver_frames"] == SAMPLE_FRAMES // 2
     # Relative mode: the first frame keeps its own codes, later ones move with the driver.
-    codes = np.load(edit_dir / LANDMARKS_FILE)
-    own = read_features(next(video_work.glob("encode-*")))[2]
+    codes = np.load(edit_dir / EDIT_LANDMARKS_FILE)
+    own = read_features(next(video_work.glob("encode-*"))).landmarks
     np.testing.assert_allclose(codes[0], own[0], atol=1e-6)
     assert np.abs(codes[-1] - own[-1]).max() > 1e-3
 
@@ -84,10 +84,11 @@ def test_expression_edit_moves_the_codes_and_the_face(micro_model, micro_inversi
     out = tmp_path / "open"
     edit_video("open", params, micro_model.checkpoint, sample_run.align, sample_run.encode, micro_inversion, out,
                baseline=False, progress=False, motion=MotionInputs(sample_run.extract, {}))
-    status, _, own, _, _ = read_features(sample_run.encode)
+    features = read_features(sample_run.encode)
+    status, own = features.status, features.landmarks
     faces = np.array([state != "no_face" for state in status])
     direction = expression_direction("mouth_open", own[faces].mean(axis=0))
-    np.testing.assert_allclose(np.load(out / LANDMARKS_FILE)[faces] - own[faces], np.tile(direction, (faces.sum(), 1)),
+    np.testing.assert_allclose(np.load(out / EDIT_LANDMARKS_FILE)[faces] - own[faces], np.tile(direction, (faces.sum(), 1)),
                                atol=1e-6)
     edited, recon = np.load(out / EDITED_FILE).astype(float), np.load(micro_inversion / RECON_FILE).astype(float)
     assert np.abs(edited[faces] - recon[faces]).mean() > 0.5  # grey levels: the decoded face changed

@@ -175,7 +175,8 @@ def test_load_reference_encoders_from_checkpoint(tmp_path, encoder_states):
 
 
 def test_encode_stage_with_reference_backends(tmp_path, monkeypatch, sample_align, encoder_states):
-    from stages.encode import encode_video, read_features
+    from pipeline.artifacts import read_features
+    from stages.encode import encode_video
 
     monkeypatch.chdir(tmp_path)
     _checkpoint(tmp_path / "models" / "encoders.safetensors", encoder_states, ("identity", "landmarks"))
@@ -187,7 +188,9 @@ def test_encode_stage_with_reference_backends(tmp_path, monkeypatch, sample_alig
         device="cpu",
     )
     encode_video(sample_align, tmp_path / "encode", params, progress=False)
-    status, identities, features, video_identity, metadata = read_features(tmp_path / "encode")
+    encoded = read_features(tmp_path / "encode")
+    status, identities, features = encoded.status, encoded.identities, encoded.landmarks
+    video_identity, metadata = encoded.video_identity, encoded.metadata
     ok = np.array([state != NO_FACE for state in status])
     assert identities.shape == (len(status), 512) and features.shape == (len(status), 102)
     np.testing.assert_allclose(np.linalg.norm(identities[ok], axis=1), 1, atol=1e-5)

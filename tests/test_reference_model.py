@@ -16,6 +16,7 @@ from pipeline.checkpoint import load_model
 from pipeline.diffusion import REFERENCE_SAMPLER, DDIMScheduler, ddim_invert, ddim_sample
 from pipeline.reference_import import plan_import
 from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, paper
+from stages.cli import main
 from tests.reference_fixture import (
     EMA_PREFIX,
     formula_state,
@@ -25,7 +26,6 @@ from tests.reference_fixture import (
     tolerance,
     write_lightning_checkpoint,
 )
-from stages.cli import main
 
 SMALL64 = UNetConfig(
     resolution=64, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
@@ -175,8 +175,8 @@ def test_imported_model_edits_the_bundled_clip_with_its_own_encoders(sample_clip
     """Every stage accepts an imported model: IR-SE50 identities, MobileNet landmarks, BiSeNet masks and the
     reference classifier (formula weights, so the faces are noise; the point is that nothing refuses it)."""
     from pipeline.params import parse_params
-    from stages.edit_video import edit_one_video
     from tests.test_reference_classifier import reference_state
+    from workflows.one_off import edit_one_video
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()

@@ -13,7 +13,7 @@ from pipeline.params import parse_params
 
 from .conftest import REPO_ROOT
 
-SOURCES = sorted(path for folder in ("pipeline", "stages", "benchmarks") for path in (REPO_ROOT / folder).rglob("*.py"))
+SOURCES = sorted(path for folder in ("pipeline", "stages", "workflows", "benchmarks") for path in (REPO_ROOT / folder).rglob("*.py"))
 SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output"}
 
 

@@ -21,10 +21,10 @@ def backends():
 def test_reference_video_and_image_match_the_clip_identity(backends, sample_clip, sample_run, tmp_path):
     from pipeline.still_faces import reference_identity
     from pipeline.video_io import iter_frames
-    from stages.encode import read_features
+    from pipeline.artifacts import read_features
 
     detector, encoder = backends
-    video_identity = read_features(sample_run.encode)[3]
+    video_identity = read_features(sample_run.encode).video_identity
     from_video = reference_identity(sample_clip, detector, encoder, CROP_SIZE, max_frames=4)
     frame = next(f.rgb for f in iter_frames(sample_clip) if f.index == 40)
     image = tmp_path / "face.png"

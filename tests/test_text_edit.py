@@ -11,9 +11,9 @@ from pipeline.editing import l2norm
 from pipeline.params import TextEdit
 from pipeline.text_edit import (
     PROMPT_TEMPLATES,
-    _TextObjective,
     _clip_image_features,
     _direction_loss,
+    _TextObjective,
     apply_text_direction,
     inversion_timesteps,
     invert_to_t_start,

@@ -15,15 +15,17 @@ import typer
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from pipeline.artifacts import VIDEO_FILE
+from pipeline.driving import MotionInputs, driver_video
 from pipeline.errors import DvaError, InputError, ParamsError
 from pipeline.hashing import content_key, sha256_file
-from pipeline.params import EditSpec, MotionEdit, Params
+from pipeline.params import EditSpec, MotionEdit, Params, load_params
 from pipeline.store import stage_keys
-from stages.driving import MotionInputs, cached, driver_video, prepare_driver, prepare_video
 from stages.edit import edit_video
 from stages.evaluate import evaluate_edit
 from stages.invert import invert_video
-from stages.render import VIDEO_FILE, render_video
+from stages.render import render_video
+from workflows.drivers import cached, prepare_driver, prepare_video
 
 
 def parse_edit_spec(text: str, params: Params) -> tuple[str, EditSpec]:
@@ -99,10 +101,8 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from stages.cli import stage_params
-
     if out.suffix.lower() != ".mp4":
         raise DvaError(f"{out}: the output must be an .mp4 file")
-    metrics = edit_one_video(video, checkpoint, edit, out, stage_params(params), work, progress=not quiet)
+    metrics = edit_one_video(video, checkpoint, edit, out, load_params(params), work, progress=not quiet)
     if not quiet:
         typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}")

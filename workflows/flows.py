@@ -34,7 +34,7 @@ from pipeline.atomic import atomic_output_dir, atomic_output_file
 from pipeline.errors import DriverError, DvaError, InputError
 from pipeline.hashing import content_key, sha256_file
 from pipeline.lineage import LINEAGE_FILE, read_lineage, write_lineage
-from pipeline.params import EditSpec, MotionEdit, Params
+from pipeline.params import EditSpec, MotionEdit, Params, load_params
 from pipeline.store import StageKeys, stage_keys
 from pipeline.video_sources import VideoSource, discover_videos
 
@@ -227,7 +227,7 @@ def edit_task(edit_keys: dict[str, str], checkpoint: str, extract: Artifact, ali
 
     `drivers` maps motion edits to (driving video, its extract output, its encode output).
     """
-    from stages.driving import DriverArtifacts, MotionInputs
+    from pipeline.driving import DriverArtifacts, MotionInputs
     from stages.edit import edit_videos
 
     out = Path(out_root)
@@ -345,7 +345,7 @@ STAGES = ("extract", "align", "encode", "invert", "edit", "render", "evaluate")
 
 def resolve_edits(names: list[str], params: Params) -> dict[str, EditSpec]:
     """Edit specs by name: names under `edits` in the params, spec files or inline JSON."""
-    from stages.edit_video import parse_edit_spec
+    from workflows.one_off import parse_edit_spec
 
     edits: dict[str, EditSpec] = {}
     for text in names:
@@ -377,10 +377,8 @@ def batch_flow(
     `videos` is a folder or a manifest, read again on every run, so a scheduled run picks up new
     videos. Stage outputs are cached by content under `out_root/work`.
     """
-    from stages.cli import stage_params
-
     out = Path(out_root)
-    params = stage_params(Path(params_file))
+    params = load_params(Path(params_file))
     specs = resolve_edits(edits, params)
     # Inline and file specs join the named ones, so every stage finds each edit under its name.
     params = params.model_copy(update={"edits": specs})
@@ -403,7 +401,7 @@ def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditSpec], che
     A driver is a video of the batch (by id), an id under `drivers:`/`videos:` in the params, or a file.
     Returns, per motion edit, the driver file and its extract and encode outputs.
     """
-    from stages.driving import driver_video
+    from pipeline.driving import driver_video
 
     videos = {source.video_id: Path(source.path) for source in sources}
     prepared = {}

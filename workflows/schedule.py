@@ -19,8 +19,8 @@ def serve_schedule(videos: Path, checkpoint: Path, edits: list[str], out: Path, 
     """Register the deployment `dva-batch/<name>` with a cron schedule and run its flow runs here."""
     from prefect.settings import PREFECT_API_URL
 
-    from pipeline.flows import batch_flow
-    from stages.batch import check_batch_inputs
+    from workflows.batch import check_batch_inputs
+    from workflows.flows import batch_flow
 
     if not PREFECT_API_URL.value():
         raise DvaError("dva schedule needs a Prefect server: start one with `dva server` and set "

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from pipeline.errors import DvaError, InputError
+from pipeline.params import load_params
 
 RUNNERS = ("threads", "dask")
 EPHEMERAL_STARTUP_SECONDS = 120
@@ -40,11 +41,9 @@ def make_task_runner(runner: str, address: str | None, workers: int):
 
 def check_batch_inputs(videos: Path, checkpoint: Path, edits: list[str], params_file: Path) -> None:
     """Fail before starting Prefect when the inputs cannot work (one-line errors)."""
-    from pipeline.flows import resolve_edits
     from pipeline.video_sources import discover_videos
-    from stages.cli import stage_params
-
-    resolve_edits(edits, stage_params(params_file))
+    from workflows.flows import resolve_edits
+    resolve_edits(edits, load_params(params_file))
     discover_videos(videos)
     if not checkpoint.is_file():
         raise InputError(checkpoint, "checkpoint not found")
@@ -62,7 +61,7 @@ def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, param
         temporary_settings,
     )
 
-    from pipeline.flows import batch_flow
+    from workflows.flows import batch_flow
 
     task_runner = make_task_runner(runner, address, workers)
     # A busy machine can take longer than Prefect's default 20 s to start its temporary server.
