@@ -25,6 +25,42 @@ from .conftest import MICRO_PARAMS, SAMPLE_FRAMES
 from .test_flows import batch_setup, prefect_home  # noqa: F401 - shared fixtures
 
 EDITS = {"anon": {"kind": "reference", "away": True, "strength": 1.0}}
+SOCKET_GUARD = """
+import os
+import socket
+
+_LOG = os.environ.get("DVA_NETWORK_LOG")
+
+
+def _remote(host):
+    return host not in (None, "", "localhost", "::1", "0.0.0.0") and not str(host).startswith("127.")
+
+
+def _note(what):
+    with open(_LOG, "a") as log:
+        log.write(f"{os.getpid()} {what}\\n")
+
+
+if _LOG:
+    _connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and _remote(address[0]):
+            _note(f"connect {address}")
+        return _connect(self, address)
+
+    def connect_ex(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and _remote(address[0]):
+            _note(f"connect {address}")
+        return _connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if _remote(host):
+            _note(f"lookup {host}")
+        return _getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+"""
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +168,20 @@ def test_two_batches_over_one_output_folder_at_once(batch_setup, dva_executable,
     one.mkdir()
     shutil.copyfile(videos / "clip 1.mp4", one / "clip 1.mp4")
     out = tmp_path / "out"
+    # A socket guard in every Python process of the runs (theirs and their Prefect servers'): it notes any
+    # connection or name lookup that leaves the machine. Analytics are not switched off here: the
+    # project must do it itself, whoever starts it.
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
+    network_log = tmp_path / "network.log"
     processes = []
     for run in range(2):
         # Each run its own Prefect database: this is about the output folder they share.
-        env = os.environ | {"PREFECT_HOME": str(tmp_path / f"prefect-{run}"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        env = os.environ | {"PREFECT_HOME": str(tmp_path / f"prefect-{run}"), "PREFECT_LOGGING_LEVEL": "WARNING",
+                            "PYTHONPATH": str(guard), "DVA_NETWORK_LOG": str(network_log)}
         env.pop("PREFECT_API_URL", None)
+        env.pop("PREFECT_SERVER_ANALYTICS_ENABLED", None)
         processes.append(subprocess.Popen(
             [dva_executable, "batch", str(one), "--checkpoint", str(checkpoint), "--edit", "anonymise", "--edit",
              "nudge", "--out", str(out), "--params", str(params_file), "--retries", "0", "--quiet"],
@@ -144,6 +189,7 @@ def test_two_batches_over_one_output_folder_at_once(batch_setup, dva_executable,
         ))
     outputs = [process.communicate(timeout=900)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
+    assert not network_log.exists(), network_log.read_text()
     for stage in ("extract", "align", "encode", "invert", "edit", "render", "evaluate"):
         built = [path for path in (out / "work" / stage).iterdir() if path.is_dir()]
         assert len(built) == (2 if stage in ("edit", "render", "evaluate") else 1), (stage, built)

@@ -157,3 +157,13 @@ def test_fuzzed_values_validate_or_name_the_key(key, value):
         assert isinstance(stored, float) and 0 < stored < float("inf")
     # A validated config survives a YAML round trip unchanged (what `dvc params diff` compares).
     assert parse_params(yaml.safe_load(yaml.safe_dump(params.model_dump(mode="json")))) == params
+
+
+def test_a_missing_params_file_is_an_error_naming_it(tmp_path, capsys):
+    from stages.cli import main
+
+    missing = tmp_path / "params-typo.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["extract", str(tmp_path / "in.mp4"), str(tmp_path / "out"), "--params", str(missing), "--quiet"])
+    assert done.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: {missing}: params file not found"
