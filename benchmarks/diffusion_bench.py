@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.checkpoint import load_model
-from pipeline.device import resolve_device
-from pipeline.diffusion import DDIMScheduler
-from pipeline.inversion import decode_frames, invert_frames
-from pipeline.unet import DiffusionVideoAutoencoder, tiny
+from pipeline.core.device import resolve_device
+from pipeline.model.checkpoint import load_model
+from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.inversion import decode_frames, invert_frames
+from pipeline.model.unet import DiffusionVideoAutoencoder, tiny
 
 
 def _sync(device: torch.device) -> None:

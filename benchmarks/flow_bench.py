@@ -32,7 +32,7 @@ from benchmarks.pipeline_bench import EDITS, make_face_clip  # noqa: E402
 
 def direct_run(clips: list[Path], checkpoint: Path, params_file: Path, work: Path) -> float:
     """Seconds to run every stage for every clip and edit by calling the stage functions."""
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
     from stages.align import align_video
     from stages.edit import edit_videos
     from stages.encode import encode_video
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=REPO / "data/train/model.safetensors")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    from pipeline.checkpoint import load_model
+    from pipeline.model.checkpoint import load_model
     from workflows.batch import run_batch
 
     resolution = load_model(args.checkpoint)[0].config.resolution

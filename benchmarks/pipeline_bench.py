@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.diffusion_bench import matmul_gflops, unet_flops  # noqa: E402
-from pipeline.checkpoint import load_model  # noqa: E402
-from pipeline.device import resolve_device  # noqa: E402
+from pipeline.core.device import resolve_device  # noqa: E402
+from pipeline.model.checkpoint import load_model  # noqa: E402
 from stages.sample import sample_path  # noqa: E402
 
 EDITS = {
@@ -115,9 +115,9 @@ def benchmark_clip(dva: str, seconds: float, fps: int, root: Path, checkpoint: P
 
 def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch: int = 4) -> list[dict]:
     """Seconds per frame of a DDIM decode under each inference setting the params offer."""
-    from pipeline.diffusion import DDIMScheduler
-    from pipeline.inversion import decode_frames, prepare_model
-    from pipeline.params import InferenceSettings
+    from pipeline.core.params import InferenceSettings
+    from pipeline.model.diffusion import DDIMScheduler
+    from pipeline.model.inversion import decode_frames, prepare_model
 
     variants = [InferenceSettings(), InferenceSettings(precision="bfloat16"), InferenceSettings(channels_last=True),
                 InferenceSettings(compile=True)]
@@ -156,7 +156,7 @@ def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch
 
 def multi_edit_speed(checkpoint: Path, params_file: Path, work: Path) -> dict:
     """Two edits of one video: one batched pass against one pass per edit (in-process, same data)."""
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
     from stages.edit import edit_videos
 
     params = load_params(params_file)

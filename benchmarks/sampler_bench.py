@@ -29,17 +29,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.checkpoint import load_model  # noqa: E402
-from pipeline.device import resolve_device  # noqa: E402
-from pipeline.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
-from pipeline.editing import reference_edit  # noqa: E402
-from pipeline.hashing import sha256_file  # noqa: E402
-from pipeline.identity import make_identity_encoder  # noqa: E402
-from pipeline.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.progress import progress_bar  # noqa: E402
-from pipeline.tracking import NO_FACE  # noqa: E402
-from pipeline.artifacts import open_crops, read_alignment, read_features  # noqa: E402
+from pipeline.core.device import resolve_device  # noqa: E402
+from pipeline.core.hashing import sha256_file  # noqa: E402
+from pipeline.core.params import load_params  # noqa: E402
+from pipeline.core.progress import progress_bar  # noqa: E402
+from pipeline.editing.editing import reference_edit  # noqa: E402
+from pipeline.faces.identity import make_identity_encoder  # noqa: E402
+from pipeline.faces.tracking import NO_FACE  # noqa: E402
+from pipeline.model.checkpoint import load_model  # noqa: E402
+from pipeline.model.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
+from pipeline.model.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops  # noqa: E402
+from pipeline.runs.artifacts import open_crops, read_alignment, read_features  # noqa: E402
 from stages.invert import frame_quality  # noqa: E402
 
 SAMPLERS = ("ddim", "bdia")

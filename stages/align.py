@@ -15,20 +15,20 @@ import numpy as np
 import pyarrow as pa
 import typer
 
-from pipeline import alignment
-from pipeline.artifacts import ALIGN_TABLE_FILE, CROPS_FILE, FRAMES_FILE, MASKS_FILE, META_FILE, require_artifact
-from pipeline.atomic import atomic_output_dir
-from pipeline.device import resolve_device
-from pipeline.errors import InputError
-from pipeline.face_detection import make_landmark_detector
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.networks.face_encoder import load_face_parser
-from pipeline.networks.face_parsing import parsing_face_mask
-from pipeline.params import AlignParams, load_params
-from pipeline.progress import progress_bar
-from pipeline.tables import vector_column, write_table
-from pipeline.tracking import NO_FACE, FaceTrack, track_face
-from pipeline.video_io import VideoMeta, read_lossless_frames
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import InputError
+from pipeline.core.params import AlignParams, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.core.tables import vector_column, write_table
+from pipeline.faces import alignment
+from pipeline.faces.face_detection import make_landmark_detector
+from pipeline.faces.networks.face_encoder import load_face_parser
+from pipeline.faces.networks.face_parsing import parsing_face_mask
+from pipeline.faces.tracking import NO_FACE, FaceTrack, track_face
+from pipeline.runs.artifacts import ALIGN_TABLE_FILE, CROPS_FILE, FRAMES_FILE, MASKS_FILE, META_FILE, require_artifact
+from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.video_io import VideoMeta, read_lossless_frames
 
 PARSE_BATCH = 16
 

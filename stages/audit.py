@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.audit import AuditReport, audit
+from pipeline.runs.audit import AuditReport, audit
 
 
 def _short(digest: str | None) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import typer
 
-from pipeline.errors import DvaError
+from pipeline.core.errors import DvaError
 
 
 def one_line_errors(function: Callable) -> Callable:

@@ -10,7 +10,7 @@ blend masks, `baseline.npy` / `baseline_alpha.npy` (the same edit applied to eac
 identity instead of the video's: the per-frame baseline that evaluate compares against) and
 `edit.json` (spec, edited identity, identity similarities; for motion edits the driver and the driver
 frame matched to each frame) and `landmarks.npy` (N, 102), the motion codes every frame was decoded
-with: the video's own, or for motion and expression edits the driven or shifted ones (pipeline/driving.py).
+with: the video's own, or for motion and expression edits the driven or shifted ones (pipeline/editing/driving.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,33 @@ import numpy as np
 import torch
 import typer
 
-from pipeline.artifacts import (
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import DvaError, InputError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.params import (
+    ClassifierEdit,
+    EditSpec,
+    ExpressionEdit,
+    MotionEdit,
+    Params,
+    ReferenceEdit,
+    TextEdit,
+    load_params,
+)
+from pipeline.core.progress import progress_bar
+from pipeline.editing.compositing import blend, edit_blend_mask
+from pipeline.editing.driving import MotionInputs, edit_landmark_codes, motion_lineage_inputs, stage_output_drivers
+from pipeline.editing.editing import AttributeClassifier, classifier_edit, reference_edit
+from pipeline.faces.face_detection import make_landmark_detector
+from pipeline.faces.identity import identity_encoder_from_params, l2_normalise
+from pipeline.faces.still_faces import reference_identity
+from pipeline.faces.tracking import NO_FACE
+from pipeline.model.checkpoint import load_model
+from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
+from pipeline.model.unet import DiffusionVideoAutoencoder
+from pipeline.runs.artifacts import (
     ALPHA_FILE,
     BASELINE_ALPHA_FILE,
     BASELINE_FILE,
@@ -36,34 +62,8 @@ from pipeline.artifacts import (
     read_features,
     read_inversion,
 )
-from pipeline.atomic import atomic_output_dir
-from pipeline.checkpoint import load_model
-from pipeline.compositing import blend, edit_blend_mask
-from pipeline.device import resolve_device
-from pipeline.diffusion import DDIMScheduler
-from pipeline.driving import MotionInputs, edit_landmark_codes, motion_lineage_inputs, stage_output_drivers
-from pipeline.editing import AttributeClassifier, classifier_edit, reference_edit
-from pipeline.errors import DvaError, InputError
-from pipeline.face_detection import make_landmark_detector
-from pipeline.hashing import sha256_file
-from pipeline.identity import identity_encoder_from_params, l2_normalise
-from pipeline.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import (
-    ClassifierEdit,
-    EditSpec,
-    ExpressionEdit,
-    MotionEdit,
-    Params,
-    ReferenceEdit,
-    TextEdit,
-    load_params,
-)
-from pipeline.progress import progress_bar
-from pipeline.still_faces import reference_identity
-from pipeline.store import edit_input_files, edit_weight_files
-from pipeline.tracking import NO_FACE
-from pipeline.unet import DiffusionVideoAutoencoder
+from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.runs.store import edit_input_files, edit_weight_files
 
 IdentityEdit = Callable[[np.ndarray], np.ndarray]
 
@@ -108,13 +108,13 @@ def identity_edit(
         facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
         return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
     if isinstance(spec, MotionEdit | ExpressionEdit):
-        # These edit the motion codes (pipeline/driving.py); the identity stays the video's.
+        # These edit the motion codes (pipeline/editing/driving.py); the identity stays the video's.
         return (lambda z: z), {}
     return _text_edit(name, spec, model, first_frame, device, progress)
 
 
 def _text_edit(name: str, spec: TextEdit, model, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
-    from pipeline.text_edit import apply_text_direction, invert_to_t_start, load_clip, optimise_text_direction
+    from pipeline.editing.text_edit import apply_text_direction, invert_to_t_start, load_clip, optimise_text_direction
 
     clip_model, tokenizer = load_clip(spec.clip_model, spec.clip_weights, param_name=f"edits.{name}.clip_weights",
                                       device=device)

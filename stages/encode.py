@@ -16,17 +16,17 @@ import numpy as np
 import pyarrow as pa
 import typer
 
-from pipeline.alignment import LANDMARK_FEATURE_DIM, landmark_feature
-from pipeline.artifacts import FEATURES_FILE, open_crops, read_alignment
-from pipeline.atomic import atomic_output_dir
-from pipeline.errors import MissingWeightsError
-from pipeline.hashing import sha256_file
-from pipeline.identity import identity_encoder_from_params, l2_normalise
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import EncodeParams, load_params
-from pipeline.progress import progress_bar
-from pipeline.tables import vector_column, write_table
-from pipeline.tracking import NO_FACE, OK
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.errors import MissingWeightsError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.params import EncodeParams, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.core.tables import vector_column, write_table
+from pipeline.faces.alignment import LANDMARK_FEATURE_DIM, landmark_feature
+from pipeline.faces.identity import identity_encoder_from_params, l2_normalise
+from pipeline.faces.tracking import NO_FACE, OK
+from pipeline.runs.artifacts import FEATURES_FILE, open_crops, read_alignment
+from pipeline.runs.lineage import cli_run_id, write_lineage
 
 BATCH = 32
 
@@ -49,8 +49,8 @@ class MobileNetLandmarkFeatures:
     def __init__(self, weights_path: str | None, device: str) -> None:
         if not weights_path or not Path(weights_path).is_file():
             raise MissingWeightsError("encode.landmark_weights", weights_path or "models/dva_reference.safetensors")
-        from pipeline.device import resolve_device
-        from pipeline.networks.face_encoder import load_reference_encoders
+        from pipeline.core.device import resolve_device
+        from pipeline.faces.networks.face_encoder import load_reference_encoders
 
         self._device = resolve_device(device)
         self._network = load_reference_encoders(weights_path, ("landmarks",), self._device).landmarks
@@ -60,7 +60,7 @@ class MobileNetLandmarkFeatures:
     def __call__(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
         import torch
 
-        from pipeline.networks.face_encoder import crops_to_reference_faces
+        from pipeline.faces.networks.face_encoder import crops_to_reference_faces
 
         with torch.no_grad():
             features = self._network(crops_to_reference_faces(crops, self._device))

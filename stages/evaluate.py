@@ -4,7 +4,7 @@ TL-ID / TG-ID (identity encoder from params) of the reconstruction, of the edit,
 per-frame baseline (the same edit applied to each frame's own identity); mean identity cosine
 to the source video's identity (and to the reference face for reference edits); background PSNR
 from render; and how well the decoded faces follow the motion codes they were decoded with
-(pipeline/landmark_metrics.py): `landmarks.edit_error` (edited crops vs the edit's codes: a
+(pipeline/evaluation/landmark_metrics.py): `landmarks.edit_error` (edited crops vs the edit's codes: a
 motion edit's driven codes, an expression edit's shifted ones, otherwise the video's own),
 `landmarks.reconstruction_error` (the unedited reconstruction vs those same codes, the baseline)
 and their `error_ratio`. Outputs in OUT_DIR: `metrics.json` (DVC metrics), `identity.csv` (DVC
@@ -22,7 +22,17 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.artifacts import (
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.errors import InputError
+from pipeline.core.params import AlignParams, EncodeParams, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.editing.motion import feature_to_crop_fraction, landmark_errors
+from pipeline.evaluation.identity_metrics import temporal_identity_consistency
+from pipeline.evaluation.landmark_metrics import detect_crop_landmarks, follow_summary
+from pipeline.faces.face_detection import make_landmark_detector
+from pipeline.faces.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
+from pipeline.faces.tracking import NO_FACE
+from pipeline.runs.artifacts import (
     EDIT_LANDMARKS_FILE,
     read_alignment,
     read_edit,
@@ -31,17 +41,7 @@ from pipeline.artifacts import (
     read_render_metrics,
     require_artifact,
 )
-from pipeline.atomic import atomic_output_dir
-from pipeline.errors import InputError
-from pipeline.face_detection import make_landmark_detector
-from pipeline.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
-from pipeline.identity_metrics import temporal_identity_consistency
-from pipeline.landmark_metrics import detect_crop_landmarks, follow_summary
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.motion import feature_to_crop_fraction, landmark_errors
-from pipeline.params import AlignParams, EncodeParams, load_params
-from pipeline.progress import progress_bar
-from pipeline.tracking import NO_FACE
+from pipeline.runs.lineage import cli_run_id, write_lineage
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "identity.csv"

@@ -14,13 +14,13 @@ from pathlib import Path
 import pyarrow as pa
 import typer
 
-from pipeline.artifacts import AUDIO_FILE, FRAME_TABLE_FILE, FRAMES_FILE, META_FILE
-from pipeline.atomic import atomic_output_dir
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import load_params
-from pipeline.progress import progress_bar
-from pipeline.tables import write_table
-from pipeline.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.params import load_params
+from pipeline.core.progress import progress_bar
+from pipeline.core.tables import write_table
+from pipeline.runs.artifacts import AUDIO_FILE, FRAME_TABLE_FILE, FRAMES_FILE, META_FILE
+from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
 
 
 def extract_video(

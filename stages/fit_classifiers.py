@@ -20,16 +20,16 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.atomic import atomic_output_dir
-from pipeline.classifiers import IMAGE_COLUMN, fit_attribute_classifiers, read_label_table
-from pipeline.errors import DvaError, InputError
-from pipeline.face_detection import make_landmark_detector
-from pipeline.hashing import sha256_file
-from pipeline.identity import identity_encoder_from_params
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams, load_params
-from pipeline.progress import progress_bar
-from pipeline.still_faces import align_still, read_image
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.errors import DvaError, InputError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.params import AlignParams, EncodeParams, FitClassifiersParams, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.editing.classifiers import IMAGE_COLUMN, fit_attribute_classifiers, read_label_table
+from pipeline.faces.face_detection import make_landmark_detector
+from pipeline.faces.identity import identity_encoder_from_params
+from pipeline.faces.still_faces import align_still, read_image
+from pipeline.runs.lineage import cli_run_id, write_lineage
 
 CLASSIFIER_FILE = "classifier.safetensors"
 CARD_FILE = "card.json"

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_output_file
-from pipeline.checkpoint import config_from_json, save_model
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
-from pipeline.lineage import code_version
-from pipeline.reference_import import (
+from pipeline.core.atomic import atomic_output_file
+from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
+from pipeline.model.checkpoint import config_from_json, save_model
+from pipeline.model.reference_import import (
     IDENTITY_ENCODER,
     LANDMARK_ENCODER,
     map_reference_state,
     read_lightning_state,
 )
-from pipeline.unet import PRESETS, UNetConfig
+from pipeline.model.unet import PRESETS, UNetConfig
+from pipeline.runs.lineage import code_version
 
 REFERENCE_ID_DIM = 512  # IR-SE50
 
@@ -55,7 +55,7 @@ def import_reference(
     imported = map_reference_state(read_lightning_state(checkpoint), config, Path(checkpoint))
     attribute_classifier = None
     if classifier is not None:
-        from pipeline.classifiers import classifier_from_reference
+        from pipeline.editing.classifiers import classifier_from_reference
 
         attribute_classifier = classifier_from_reference(read_lightning_state(classifier), Path(classifier))
     source = {"file": Path(checkpoint).name, "sha256": sha256_file(Path(checkpoint))}

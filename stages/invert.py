@@ -1,7 +1,7 @@
 """Invert every aligned frame of a video to its noise map, once, for all later edits.
 
 Conditioning: the video's mean identity and each frame's landmark feature. The sampler is
-`invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/diffusion.py). Outputs in
+`invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/model/diffusion.py). Outputs in
 OUT_DIR: `noise.npy`, float32, zeros for no_face frames: the sampler's state per frame, (N, 3, R, R)
 noise maps `x_T` for DDIM, (N, 2, 3, R, R) `x_T` and the latent of the second timestep for BDIA;
 `recon.npy` (N, R, R, 3) uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise
@@ -21,7 +21,25 @@ import torch
 import typer
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from pipeline.artifacts import (
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.params import InvertParams, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.core.tables import write_table
+from pipeline.faces.tracking import NO_FACE
+from pipeline.model.checkpoint import load_model
+from pipeline.model.diffusion import DDIMScheduler, noise_maps, state_shape
+from pipeline.model.inversion import (
+    decode_frames,
+    face_codes,
+    invert_frames,
+    prepare_model,
+    to_model_images,
+    to_uint8_crops,
+)
+from pipeline.runs.artifacts import (
     INVERT_METRICS_FILE,
     INVERT_TABLE_FILE,
     NOISE_FILE,
@@ -29,18 +47,7 @@ from pipeline.artifacts import (
     open_crops,
     read_features,
 )
-from pipeline.atomic import atomic_output_dir
-from pipeline.checkpoint import load_model
-from pipeline.device import resolve_device
-from pipeline.diffusion import DDIMScheduler, noise_maps, state_shape
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
-from pipeline.inversion import decode_frames, face_codes, invert_frames, prepare_model, to_model_images, to_uint8_crops
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import InvertParams, load_params
-from pipeline.progress import progress_bar
-from pipeline.tables import write_table
-from pipeline.tracking import NO_FACE
+from pipeline.runs.lineage import cli_run_id, write_lineage
 
 
 def frame_quality(reference: np.ndarray, decoded: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

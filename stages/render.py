@@ -19,8 +19,14 @@ import cv2
 import numpy as np
 import typer
 
-from pipeline.alignment import warp_to_frame
-from pipeline.artifacts import (
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.params import RenderParams, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.editing.compositing import dilated_face_region, paste_back
+from pipeline.evaluation.identity_metrics import masked_psnr
+from pipeline.faces.alignment import warp_to_frame
+from pipeline.faces.tracking import NO_FACE
+from pipeline.runs.artifacts import (
     AUDIO_FILE,
     CONTACT_SHEET_FILE,
     FRAMES_FILE,
@@ -35,14 +41,8 @@ from pipeline.artifacts import (
     read_reconstruction,
     require_artifact,
 )
-from pipeline.atomic import atomic_output_dir
-from pipeline.compositing import dilated_face_region, paste_back
-from pipeline.identity_metrics import masked_psnr
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.params import RenderParams, load_params
-from pipeline.progress import progress_bar
-from pipeline.tracking import NO_FACE
-from pipeline.video_io import VideoEncoder, VideoMeta, read_lossless_frames
+from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.video_io import VideoEncoder, VideoMeta, read_lossless_frames
 
 # The background is scored outside the face mask grown by this fraction of the crop size,
 # past the reach the edit stage allows a blend mask (edit.region_dilation plus feathering).

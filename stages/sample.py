@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_output_file
-from pipeline.errors import DvaError
+from pipeline.core.atomic import atomic_output_file
+from pipeline.core.errors import DvaError
 
 SAMPLE_RELATIVE = Path("datasets/data/carphone_pristine.mp4")
 
@@ -43,7 +43,7 @@ def reversed_sample(destination: Path, crf: int = 12) -> Path:
     """Write the sample played backwards (frame n shows source frame N-1-n at frame n's timestamp), atomically."""
     from fractions import Fraction
 
-    from pipeline.video_io import VideoEncoder, iter_frames, probe
+    from pipeline.video.video_io import VideoEncoder, iter_frames, probe
 
     source = sample_path()
     meta = probe(source)

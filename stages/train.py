@@ -17,21 +17,21 @@ import numpy as np
 import torch
 import typer
 
-from pipeline import checkpoint
-from pipeline.artifacts import CROPS_FILE, FEATURES_FILE, MASKS_FILE, MODEL_FILE, open_crops, read_features
-from pipeline.atomic import atomic_output_dir
-from pipeline.device import resolve_device
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
-from pipeline.lineage import cli_run_id, write_lineage
-from pipeline.networks.face_encoder import load_face_parser
-from pipeline.networks.face_parsing import FaceParser, parsing_face_mask
-from pipeline.networks.landmark_net import INPUT_SIZE as LANDMARK_INPUT_SIZE
-from pipeline.params import Params, load_params
-from pipeline.progress import progress_bar
-from pipeline.tracking import NO_FACE
-from pipeline.training import TrainingClip, build_config, build_sampler, train
-from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
+from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.params import Params, load_params
+from pipeline.core.progress import progress_bar
+from pipeline.faces.networks.face_encoder import load_face_parser
+from pipeline.faces.networks.face_parsing import FaceParser, parsing_face_mask
+from pipeline.faces.networks.landmark_net import INPUT_SIZE as LANDMARK_INPUT_SIZE
+from pipeline.faces.tracking import NO_FACE
+from pipeline.model import checkpoint
+from pipeline.model.training import TrainingClip, build_config, build_sampler, train
+from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
+from pipeline.runs.artifacts import CROPS_FILE, FEATURES_FILE, MASKS_FILE, MODEL_FILE, open_crops, read_features
+from pipeline.runs.lineage import cli_run_id, write_lineage
 
 PARSE_BATCH = 16
 

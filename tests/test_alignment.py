@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import alignment
-from pipeline.alignment import (
+from pipeline.faces import alignment
+from pipeline.faces.alignment import (
     LANDMARK_FEATURE_DIM,
     apply_transform,
     crop_frame,
@@ -316,8 +316,8 @@ def test_flip_matches_dlib_landmarks_on_a_mirrored_real_crop(sample_align):
     # Training flips crops horizontally and uses flip_landmark_feature for their z_lnd; if the
     # left/right partner table were wrong, the flipped feature would describe a different face
     # than the flipped pixels. Compare against what the detector actually sees.
-    from pipeline.face_detection import DlibLandmarkDetector
-    from pipeline.artifacts import open_crops, read_alignment
+    from pipeline.faces.face_detection import DlibLandmarkDetector
+    from pipeline.runs.artifacts import open_crops, read_alignment
 
     status = read_alignment(sample_align).status
     crops = open_crops(sample_align).crops

@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from pipeline.hashing import sha256_file
+from pipeline.core.hashing import sha256_file
 
 from .test_flows import batch_setup, first_batch, prefect_home  # noqa: F401 - shared fixtures
 

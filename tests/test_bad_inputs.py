@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.video_io import read_lossless_frames
+from pipeline.video.video_io import read_lossless_frames
 from stages.extract import extract_video
 
 
@@ -195,7 +195,7 @@ def test_extract_keeps_variable_frame_rate_timestamps(tmp_path, video_tools, suf
     # Presentation times are exactly what was written (render re-encodes at these times).
     np.testing.assert_allclose(times, np.array(VFR_PTS) / 1000, rtol=0, atol=1e-9)
     # pts are in the container's time base as recorded in the table (mp4 rescales to its own).
-    from pipeline.video_io import probe
+    from pipeline.video.video_io import probe
 
     time_base = Fraction(probe(source).time_base)
     pts = table.column("pts").to_pylist()
@@ -267,7 +267,7 @@ def test_max_frames_stops_early(tmp_path, sample_clip):
 
 def test_failed_rerun_keeps_the_previous_output(tmp_path, sample_clip, video_tools):
     # Re-running extract into an existing folder with a broken input must not destroy it.
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
 
     out = tmp_path / "out"
     extract_video(sample_clip, out, max_frames=3, progress=False)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.checkpoint import FORMAT, config_to_json, load_model, save_model
-from pipeline.errors import InputError
-from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig
+from pipeline.core.errors import InputError
+from pipeline.model.checkpoint import FORMAT, config_to_json, load_model, save_model
+from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig
 
 CONFIG = UNetConfig(
     resolution=16, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(8,),

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.classifiers import fit_attribute_classifiers, read_label_table
+from pipeline.editing.classifiers import fit_attribute_classifiers, read_label_table
 
 
 def _synthetic(n: int = 400, dim: int = 32, seed: int = 0):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.diffusion import (
+from pipeline.model.diffusion import (
     REFERENCE_SAMPLER,
     DDIMScheduler,
     SamplerSettings,
@@ -16,7 +16,7 @@ from pipeline.diffusion import (
     sample,
     state_shape,
 )
-from pipeline.unet import DiffusionVideoAutoencoder, tiny
+from pipeline.model.unet import DiffusionVideoAutoencoder, tiny
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_every_module_a_stage_runs_is_a_dependency(name):
 def test_the_import_walk_follows_lazy_imports():
     # stages/edit.py imports the text-edit module only inside the function that runs a text edit.
     files = code_files("stages.edit")
-    assert {Path("pipeline/unet.py"), Path("pipeline/diffusion.py"), Path("pipeline/text_edit.py")} <= files
+    assert {Path("pipeline/model/unet.py"), Path("pipeline/model/diffusion.py"), Path("pipeline/editing/text_edit.py")} <= files
 
 
 def test_the_library_never_imports_the_application():

@@ -14,8 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.alignment import warp_to_frame
-from pipeline.artifacts import (
+from pipeline.core.params import EncodeParams
+from pipeline.editing.compositing import blend
+from pipeline.faces.alignment import warp_to_frame
+from pipeline.faces.tracking import NO_FACE
+from pipeline.runs.artifacts import (
     ALPHA_FILE,
     BASELINE_FILE,
     CONTACT_SHEET_FILE,
@@ -28,10 +31,7 @@ from pipeline.artifacts import (
     open_crops,
     read_alignment,
 )
-from pipeline.compositing import blend
-from pipeline.params import EncodeParams
-from pipeline.tracking import NO_FACE
-from pipeline.video_io import iter_frames, read_lossless_frames
+from pipeline.video.video_io import iter_frames, read_lossless_frames
 from stages.align import align_video
 from stages.edit import edit_video, edit_videos
 from stages.encode import encode_video
@@ -121,7 +121,7 @@ def test_anonymising_edit_changes_the_face_and_keeps_the_background(sample_edits
         assert np.array_equal(edited[frame][outside], crops[frame][outside]), frame
     assert min(changes) > MIN_EDIT_EFFECT, changes
     info = json.loads((edit / EDIT_INFO_FILE).read_text())
-    # Strength 1 rotates the identity code by 45 degrees (pipeline.editing.reference_edit).
+    # Strength 1 rotates the identity code by 45 degrees (pipeline.editing.editing.reference_edit).
     assert info["identity_cosine_to_source"] == pytest.approx(2**-0.5, abs=1e-5)
     assert not (edit / BASELINE_FILE).exists()  # baseline=False skips the per-frame baseline
 

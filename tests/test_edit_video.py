@@ -7,7 +7,7 @@ import json
 import av
 import pytest
 
-from pipeline.errors import ParamsError
+from pipeline.core.errors import ParamsError
 from tests.conftest import SAMPLE_FRAMES
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.editing import AttributeClassifier, classifier_edit, l2norm, reference_edit
+from pipeline.editing.editing import AttributeClassifier, classifier_edit, l2norm, reference_edit
 
 
 def _clf() -> AttributeClassifier:

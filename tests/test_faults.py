@@ -18,7 +18,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from pipeline.lineage import LINEAGE_FILES, folder_files
+from pipeline.runs.lineage import LINEAGE_FILES, folder_files
 from stages.edit import edit_video
 
 from .conftest import MICRO_PARAMS, SAMPLE_FRAMES

@@ -21,9 +21,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.editing import AttributeClassifier
-from pipeline.errors import DvaError, InputError
-from pipeline.params import AlignParams, EncodeParams, FitClassifiersParams
+from pipeline.core.errors import DvaError, InputError
+from pipeline.core.params import AlignParams, EncodeParams, FitClassifiersParams
+from pipeline.editing.editing import AttributeClassifier
 from stages import fit_classifiers as stage
 
 CROP_SIZE = 64
@@ -50,8 +50,8 @@ def _colour_shift(rgb: np.ndarray) -> np.ndarray:
 
 def _other_people() -> list[np.ndarray]:
     """One image per face of people other than the sample's speaker, each face at least ~90 px wide."""
-    from pipeline.face_detection import DlibLandmarkDetector
-    from pipeline.still_faces import read_image
+    from pipeline.faces.face_detection import DlibLandmarkDetector
+    from pipeline.faces.still_faces import read_image
 
     group = read_image(_package_file("insightface", "data/images/t1.jpg"))
     people = []
@@ -73,7 +73,7 @@ def _other_people() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def faces(sample_clip, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """A folder of labelled face images and its table (image, Carphone, Mirrored), plus one faceless image."""
-    from pipeline.video_io import iter_frames
+    from pipeline.video.video_io import iter_frames
 
     folder = tmp_path_factory.mktemp("faces")
     rows = []

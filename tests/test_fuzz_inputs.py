@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.video_io import probe
+from pipeline.video.video_io import probe
 
 from .conftest import MICRO_PARAMS
 

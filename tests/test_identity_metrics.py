@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from pipeline.identity_metrics import PSNR_CAP_DB, masked_psnr, mean_cosine_similarity, temporal_identity_consistency
+from pipeline.evaluation.identity_metrics import (
+    PSNR_CAP_DB,
+    masked_psnr,
+    mean_cosine_similarity,
+    temporal_identity_consistency,
+)
 
 # Source frames (unit rows): similarities s01 = 0.6, s02 = 0.8, s12 = 0.6*0.8 + 0.8*0.6 = 0.96.
 SRC = np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]])

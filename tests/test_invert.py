@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import load_model
-from pipeline.diffusion import DDIMScheduler
-from pipeline.inversion import decode_frames, face_codes, to_uint8_crops
-from pipeline.tables import read_table
-from pipeline.tracking import NO_FACE
-from pipeline.artifacts import (
+from pipeline.core.tables import read_table
+from pipeline.faces.tracking import NO_FACE
+from pipeline.model.checkpoint import load_model
+from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.inversion import decode_frames, face_codes, to_uint8_crops
+from pipeline.runs.artifacts import (
     EDITED_FILE,
     INVERT_METRICS_FILE,
     INVERT_TABLE_FILE,

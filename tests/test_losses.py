@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.diffusion import DDIMScheduler
-from pipeline.losses import EMA, LossTerms, disentangle_loss
+from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.losses import EMA, LossTerms, disentangle_loss
 
 
 class OracleInsideMask(nn.Module):

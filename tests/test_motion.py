@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import motion
-from pipeline.errors import ParamsError
-from pipeline.params import parse_params
+from pipeline.core.errors import ParamsError
+from pipeline.core.params import parse_params
+from pipeline.editing import motion
 
 
 def _shape() -> np.ndarray:

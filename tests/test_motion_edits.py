@@ -10,11 +10,11 @@ import av
 import cv2
 import numpy as np
 import pytest
-from pipeline.artifacts import EDIT_INFO_FILE, EDIT_LANDMARKS_FILE, EDITED_FILE, RECON_FILE, read_features
-from pipeline.driving import MotionInputs
 
-from pipeline.motion import expression_direction
-from pipeline.video_io import iter_frames
+from pipeline.editing.driving import MotionInputs
+from pipeline.editing.motion import expression_direction
+from pipeline.runs.artifacts import EDIT_INFO_FILE, EDIT_LANDMARKS_FILE, EDITED_FILE, RECON_FILE, read_features
+from pipeline.video.video_io import iter_frames
 from stages.cli import main
 from stages.edit import edit_video
 from tests.conftest import SAMPLE_FRAMES
@@ -64,7 +64,7 @@ def test_dva_edit_follows_a_driver_of_another_size_and_frame_rate(micro_model, s
     assert landmarks["error_ratio"] == pytest.approx(landmarks["edit_error"] / landmarks["reconstruction_error"])
 
     # Each frame took the driver frame on screen at its time: 15 fps against 29.97.
-    from pipeline.hashing import content_key, sha256_file
+    from pipeline.core.hashing import content_key, sha256_file
 
     video_work = tmp_path / "work" / content_key(sha256_file(sample_clip))
     edit_dir = next(video_work.glob("edit-*"))
@@ -95,7 +95,7 @@ def test_expression_edit_moves_the_codes_and_the_face(micro_model, micro_inversi
 
 
 def test_expression_edit_without_frame_times_is_an_error(micro_model, micro_inversion, sample_run, tmp_path):
-    from pipeline.errors import DvaError
+    from pipeline.core.errors import DvaError
 
     params = micro_model.settings(edits={"smile": {"kind": "expression", "expressions": {"smile": 0.5}}})
     with pytest.raises(DvaError, match="frame times"):

@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import ParamsError
-from pipeline.params import Params, load_params, parse_params
+from pipeline.core.errors import ParamsError
+from pipeline.core.params import Params, load_params, parse_params
 
 from .conftest import REPO_ROOT
 

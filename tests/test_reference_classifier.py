@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.classifiers import CELEBA_ATTRIBUTES, classifier_from_reference
-from pipeline.editing import AttributeClassifier, classifier_edit
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
+from pipeline.editing.classifiers import CELEBA_ATTRIBUTES, classifier_from_reference
+from pipeline.editing.editing import AttributeClassifier, classifier_edit
 from tests.reference_fixture import golden, max_abs_difference, tolerance
 
 ATTRIBUTE_INDEX = 15  # the fixture's classifier edit: attribute index 15 at scale 0.3

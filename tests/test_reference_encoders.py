@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.errors import InputError, MissingWeightsError
-from pipeline.networks import StateDictMismatch
-from pipeline.networks.face_encoder import ReferenceFaceEncoder, load_reference_encoders
-from pipeline.networks.face_parsing import FaceParser, build_face_parser, parsing_face_mask
-from pipeline.networks.irse50 import IRSE50, build_irse50
-from pipeline.networks.landmark_net import LandmarkNet, build_landmark_net, drop_unused_alias
-from pipeline.params import EncodeParams
-from pipeline.tracking import NO_FACE
+from pipeline.core.errors import InputError, MissingWeightsError
+from pipeline.core.params import EncodeParams
+from pipeline.faces.networks import StateDictMismatch
+from pipeline.faces.networks.face_encoder import ReferenceFaceEncoder, load_reference_encoders
+from pipeline.faces.networks.face_parsing import FaceParser, build_face_parser, parsing_face_mask
+from pipeline.faces.networks.irse50 import IRSE50, build_irse50
+from pipeline.faces.networks.landmark_net import LandmarkNet, build_landmark_net, drop_unused_alias
+from pipeline.faces.tracking import NO_FACE
 from tests.reference_fixture import formula_state, golden, max_abs_difference, reference_keys, tolerance
 
 REFERENCE_PREFIXES = {"identity": "encoder.idnet.", "landmarks": "encoder.lndnet.", "parsing": "encoder.bgnet."}
@@ -175,7 +175,7 @@ def test_load_reference_encoders_from_checkpoint(tmp_path, encoder_states):
 
 
 def test_encode_stage_with_reference_backends(tmp_path, monkeypatch, sample_align, encoder_states):
-    from pipeline.artifacts import read_features
+    from pipeline.runs.artifacts import read_features
     from stages.encode import encode_video
 
     monkeypatch.chdir(tmp_path)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import load_model
-from pipeline.diffusion import REFERENCE_SAMPLER, DDIMScheduler, ddim_invert, ddim_sample
-from pipeline.reference_import import plan_import
-from pipeline.unet import DiffusionVideoAutoencoder, UNetConfig, paper
+from pipeline.model.checkpoint import load_model
+from pipeline.model.diffusion import REFERENCE_SAMPLER, DDIMScheduler, ddim_invert, ddim_sample
+from pipeline.model.reference_import import plan_import
+from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig, paper
 from stages.cli import main
 from tests.reference_fixture import (
     EMA_PREFIX,
@@ -34,7 +34,7 @@ SMALL64 = UNetConfig(
 
 
 def _config_file(tmp_path: Path) -> Path:
-    from pipeline.checkpoint import config_to_json
+    from pipeline.model.checkpoint import config_to_json
 
     path = tmp_path / "small64.json"
     path.write_text(config_to_json(SMALL64))
@@ -174,7 +174,7 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, caps
 def test_imported_model_edits_the_bundled_clip_with_its_own_encoders(sample_clip, tmp_path, monkeypatch):
     """Every stage accepts an imported model: IR-SE50 identities, MobileNet landmarks, BiSeNet masks and the
     reference classifier (formula weights, so the faces are noise; the point is that nothing refuses it)."""
-    from pipeline.params import parse_params
+    from pipeline.core.params import parse_params
     from tests.test_reference_classifier import reference_state
     from workflows.one_off import edit_one_video
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ParamsError
-from pipeline.params import parse_params
+from pipeline.core.errors import ParamsError
+from pipeline.core.params import parse_params
 
 from .conftest import REPO_ROOT
 

@@ -6,22 +6,22 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from tests.conftest import CROP_SIZE
 
 
 @pytest.fixture(scope="module")
 def backends():
-    from pipeline.face_detection import DlibLandmarkDetector
-    from pipeline.identity import DlibIdentityEncoder
+    from pipeline.faces.face_detection import DlibLandmarkDetector
+    from pipeline.faces.identity import DlibIdentityEncoder
 
     return DlibLandmarkDetector(), DlibIdentityEncoder()
 
 
 def test_reference_video_and_image_match_the_clip_identity(backends, sample_clip, sample_run, tmp_path):
-    from pipeline.still_faces import reference_identity
-    from pipeline.video_io import iter_frames
-    from pipeline.artifacts import read_features
+    from pipeline.faces.still_faces import reference_identity
+    from pipeline.runs.artifacts import read_features
+    from pipeline.video.video_io import iter_frames
 
     detector, encoder = backends
     video_identity = read_features(sample_run.encode).video_identity
@@ -38,7 +38,7 @@ def test_reference_video_and_image_match_the_clip_identity(backends, sample_clip
 
 
 def test_reference_without_a_face_is_a_clear_error(backends, tmp_path):
-    from pipeline.still_faces import reference_identity
+    from pipeline.faces.still_faces import reference_identity
 
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((120, 120, 3), 128, np.uint8))

@@ -1,4 +1,4 @@
-"""Content keys (`pipeline.store`), shared by `dva edit` and `dva batch`: they change exactly when a stage's
+"""Content keys (`pipeline.runs.store`), shared by `dva edit` and `dva batch`: they change exactly when a stage's
 inputs, parameters or the bytes of the files its parameters name change."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import shutil
 import cv2
 import pytest
 
-from pipeline.params import parse_params
-from pipeline.store import stage_keys
+from pipeline.core.params import parse_params
+from pipeline.runs.store import stage_keys
 
 from .conftest import MICRO_PARAMS, SAMPLE_FRAMES
 
@@ -66,7 +66,7 @@ def test_the_device_does_not_change_any_key(specs):
 def test_dva_edit_reruns_an_edit_whose_reference_image_changed(micro_model, sample_clip, tmp_path, monkeypatch):
     """The one-off path: new bytes of the reference image (same path) decode that edit again and reuse the
     inversion; an unchanged rerun builds nothing."""
-    from pipeline.video_io import iter_frames
+    from pipeline.video.video_io import iter_frames
     from workflows.one_off import edit_one_video
 
     monkeypatch.chdir(tmp_path)

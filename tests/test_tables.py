@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.alignment import apply_transform, landmark_feature
-from pipeline.hashing import sha256_file
-from pipeline.tables import METADATA_KEY
+from pipeline.core.hashing import sha256_file
+from pipeline.core.tables import METADATA_KEY
+from pipeline.faces.alignment import apply_transform, landmark_feature
 
 from .conftest import CROP_SIZE, SAMPLE_FRAMES
 
@@ -29,7 +29,7 @@ def fixed_list(value_type: pa.DataType, width: int) -> pa.DataType:
 
 
 def footer_metadata(path) -> dict:
-    # Read the footer the way an outside tool would, not through pipeline.tables.
+    # Read the footer the way an outside tool would, not through pipeline.core.tables.
     return json.loads(pq.read_schema(path).metadata[METADATA_KEY])
 
 

@@ -6,10 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.diffusion import DDIMScheduler
-from pipeline.editing import l2norm
-from pipeline.params import TextEdit
-from pipeline.text_edit import (
+from pipeline.core.params import TextEdit
+from pipeline.editing.editing import l2norm
+from pipeline.editing.text_edit import (
     PROMPT_TEMPLATES,
     _clip_image_features,
     _direction_loss,
@@ -23,6 +22,7 @@ from pipeline.text_edit import (
     text_direction,
     tiny_clip,
 )
+from pipeline.model.diffusion import DDIMScheduler
 
 ID_DIM = 16
 RES = 32

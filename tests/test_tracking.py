@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.face_detection import FaceDetection
-from pipeline.tracking import INTERPOLATED, NO_FACE, OK, track_face
+from pipeline.faces.face_detection import FaceDetection
+from pipeline.faces.tracking import INTERPOLATED, NO_FACE, OK, track_face
 
 # A fixed 68-point pattern in a unit box; each detection scales and moves it into its box.
 _PATTERN = np.random.default_rng(0).uniform(0.1, 0.9, size=(68, 2))

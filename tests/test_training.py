@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.alignment import flip_landmark_feature
-from pipeline.checkpoint import load_model
-from pipeline.diffusion import DDIMScheduler, SamplerSettings
-from pipeline.losses import disentangle_loss
-from pipeline.params import ModelParams, TrainParams
-from pipeline.training import build_config, sample_batch, train
-from pipeline.unet import DiffusionVideoAutoencoder
+from pipeline.core.params import ModelParams, TrainParams
+from pipeline.faces.alignment import flip_landmark_feature
+from pipeline.model.checkpoint import load_model
+from pipeline.model.diffusion import DDIMScheduler, SamplerSettings
+from pipeline.model.losses import disentangle_loss
+from pipeline.model.training import build_config, sample_batch, train
+from pipeline.model.unet import DiffusionVideoAutoencoder
 from stages.train import load_clip
 
 # Resumption does not depend on model size: a nano UNet keeps these runs at a fraction of a second a step.

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.unet import PRESETS, DiffusionVideoAutoencoder, UNetConfig, count_parameters, paper, tiny
+from pipeline.model.unet import PRESETS, DiffusionVideoAutoencoder, UNetConfig, count_parameters, paper, tiny
 
 
 def _perturb_zero_init(model, scale=0.05):

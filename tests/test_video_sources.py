@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.video_sources import discover_videos
+from pipeline.core.errors import InputError
+from pipeline.video.video_sources import discover_videos
 
 
 def test_folder_lists_video_files_sorted_with_unique_safe_ids(tmp_path):

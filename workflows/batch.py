@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.errors import DvaError, InputError
-from pipeline.params import load_params
+from pipeline.core.errors import DvaError, InputError
+from pipeline.core.params import load_params
 
 RUNNERS = ("threads", "dask")
 EPHEMERAL_STARTUP_SECONDS = 120
@@ -41,7 +41,7 @@ def make_task_runner(runner: str, address: str | None, workers: int):
 
 def check_batch_inputs(videos: Path, checkpoint: Path, edits: list[str], params_file: Path) -> None:
     """Fail before starting Prefect when the inputs cannot work (one-line errors)."""
-    from pipeline.video_sources import discover_videos
+    from pipeline.video.video_sources import discover_videos
     from workflows.flows import resolve_edits
     resolve_edits(edits, load_params(params_file))
     discover_videos(videos)

@@ -1,6 +1,6 @@
 """Driving and edited videos extracted, aligned and encoded into `dva edit`'s work cache.
 
-Folders are named by the content keys of `pipeline.store`, so a second edit of the same video, or a
+Folders are named by the content keys of `pipeline.runs.store`, so a second edit of the same video, or a
 video that drives several edits, is prepared once.
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import store
-from pipeline.driving import DriverArtifacts
-from pipeline.errors import DriverError, InputError
-from pipeline.hashing import content_key, sha256_file
-from pipeline.params import Params
+from pipeline.core.errors import DriverError, InputError
+from pipeline.core.hashing import content_key, sha256_file
+from pipeline.core.params import Params
+from pipeline.editing.driving import DriverArtifacts
+from pipeline.runs import store
 from stages.align import align_video
 from stages.encode import encode_video
 from stages.extract import extract_video
@@ -26,7 +26,7 @@ def cached(folder: Path, build) -> Path:
 
 
 def prepare_video(video: Path, params: Params, work: Path, progress: bool = True) -> tuple[Path, Path, Path]:
-    """Extract, align and encode `video` into the work cache (keyed as `pipeline.store` keys them).
+    """Extract, align and encode `video` into the work cache (keyed as `pipeline.runs.store` keys them).
 
     Failures of the steps name `video`, never the cache folder they happened in.
     """

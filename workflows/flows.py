@@ -30,13 +30,13 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from pipeline.atomic import atomic_output_dir, atomic_output_file
-from pipeline.errors import DriverError, DvaError, InputError
-from pipeline.hashing import content_key, sha256_file
-from pipeline.lineage import LINEAGE_FILE, read_lineage, write_lineage
-from pipeline.params import EditSpec, MotionEdit, Params, load_params
-from pipeline.store import StageKeys, stage_keys
-from pipeline.video_sources import VideoSource, discover_videos
+from pipeline.core.atomic import atomic_output_dir, atomic_output_file
+from pipeline.core.errors import DriverError, DvaError, InputError
+from pipeline.core.hashing import content_key, sha256_file
+from pipeline.core.params import EditSpec, MotionEdit, Params, load_params
+from pipeline.runs.lineage import LINEAGE_FILE, read_lineage, write_lineage
+from pipeline.runs.store import StageKeys, stage_keys
+from pipeline.video.video_sources import VideoSource, discover_videos
 
 GPU_LIMIT = "gpu"
 SUMMARY_FILE = "summary.csv"
@@ -227,7 +227,7 @@ def edit_task(edit_keys: dict[str, str], checkpoint: str, extract: Artifact, ali
 
     `drivers` maps motion edits to (driving video, its extract output, its encode output).
     """
-    from pipeline.driving import DriverArtifacts, MotionInputs
+    from pipeline.editing.driving import DriverArtifacts, MotionInputs
     from stages.edit import edit_videos
 
     out = Path(out_root)
@@ -401,7 +401,7 @@ def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditSpec], che
     A driver is a video of the batch (by id), an id under `drivers:`/`videos:` in the params, or a file.
     Returns, per motion edit, the driver file and its extract and encode outputs.
     """
-    from pipeline.driving import driver_video
+    from pipeline.editing.driving import driver_video
 
     videos = {source.video_id: Path(source.path) for source in sources}
     prepared = {}

@@ -15,12 +15,12 @@ import typer
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.artifacts import VIDEO_FILE
-from pipeline.driving import MotionInputs, driver_video
-from pipeline.errors import DvaError, InputError, ParamsError
-from pipeline.hashing import content_key, sha256_file
-from pipeline.params import EditSpec, MotionEdit, Params, load_params
-from pipeline.store import stage_keys
+from pipeline.core.errors import DvaError, InputError, ParamsError
+from pipeline.core.hashing import content_key, sha256_file
+from pipeline.core.params import EditSpec, MotionEdit, Params, load_params
+from pipeline.editing.driving import MotionInputs, driver_video
+from pipeline.runs.artifacts import VIDEO_FILE
+from pipeline.runs.store import stage_keys
 from stages.edit import edit_video
 from stages.evaluate import evaluate_edit
 from stages.invert import invert_video

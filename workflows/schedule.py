@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.errors import DvaError
+from pipeline.core.errors import DvaError
 
 
 def serve_schedule(videos: Path, checkpoint: Path, edits: list[str], out: Path, params_file: Path, cron: str,

@@ -1,0 +1,1 @@
+"""What every module shares: validated params, user-facing errors, atomic outputs, hashing, tables, progress."""

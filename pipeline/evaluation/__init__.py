@@ -1,0 +1,1 @@
+"""Metrics of edited videos: TL-ID/TG-ID identity consistency and landmark following."""

@@ -1,0 +1,1 @@
+"""Faces: detection, tracking, FFHQ alignment and masks, identity codes, and the reference's face networks."""

@@ -1,0 +1,1 @@
+"""Runs and their records: the files each stage writes, content keys, lineage records and their audit."""
