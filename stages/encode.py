@@ -17,13 +17,12 @@ import pyarrow as pa
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
-from pipeline.core.errors import MissingWeightsError
-from pipeline.core.hashing import sha256_file
 from pipeline.core.params import EncodeParams, load_params
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import vector_column, write_table
 from pipeline.faces.alignment import LANDMARK_FEATURE_DIM, landmark_feature
 from pipeline.faces.identity import identity_encoder_from_params, l2_normalise
+from pipeline.faces.networks.face_encoder import CropNetwork
 from pipeline.faces.tracking import NO_FACE, OK
 from pipeline.runs.artifacts import FEATURES_FILE, open_crops, read_alignment
 from pipeline.runs.lineage import cli_run_id, write_lineage
@@ -47,24 +46,11 @@ class MobileNetLandmarkFeatures:
     """`z_lnd` as the reference computes it: MobileNetV2-GDConv on the crop, resized to 256 px if needed."""
 
     def __init__(self, weights_path: str | None, device: str) -> None:
-        if not weights_path or not Path(weights_path).is_file():
-            raise MissingWeightsError("encode.landmark_weights", weights_path or "models/dva_reference.safetensors")
-        from pipeline.core.device import resolve_device
-        from pipeline.faces.networks.face_encoder import load_reference_encoders
-
-        self._device = resolve_device(device)
-        self._network = load_reference_encoders(weights_path, ("landmarks",), self._device).landmarks
-        self.weight_files = {"mobilenet_gdconv": Path(weights_path)}
-        self.weights = {"mobilenet_gdconv": sha256_file(Path(weights_path))}
+        self._network = CropNetwork("landmarks", weights_path, "encode.landmark_weights", "mobilenet_gdconv", device)
+        self.weight_files, self.weights = self._network.weight_files, self._network.weights
 
     def __call__(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
-        import torch
-
-        from pipeline.faces.networks.face_encoder import crops_to_reference_faces
-
-        with torch.no_grad():
-            features = self._network(crops_to_reference_faces(crops, self._device))
-        return features.float().cpu().numpy()
+        return self._network(crops)
 
 
 def landmark_features_from_params(params: EncodeParams) -> DlibLandmarkFeatures | MobileNetLandmarkFeatures:

@@ -111,24 +111,13 @@ class IRSE50IdentityEncoder:
     dim = 512
 
     def __init__(self, weights_path: str | None, device: str = "cpu") -> None:
-        if not weights_path or not Path(weights_path).is_file():
-            raise MissingWeightsError("encode.identity_weights", weights_path or "models/dva_reference.safetensors")
-        from pipeline.core.device import resolve_device
-        from pipeline.faces.networks.face_encoder import load_reference_encoders
+        from pipeline.faces.networks.face_encoder import CropNetwork
 
-        self._device = resolve_device(device)
-        self._network = load_reference_encoders(weights_path, ("identity",), self._device).identity
-        self.weight_files = {"irse50": Path(weights_path)}
-        self.weights = {"irse50": sha256_file(Path(weights_path))}
+        self._network = CropNetwork("identity", weights_path, "encode.identity_weights", "irse50", device)
+        self.weight_files, self.weights = self._network.weight_files, self._network.weights
 
     def embed(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
-        import torch
-
-        from pipeline.faces.networks.face_encoder import crops_to_reference_faces
-
-        with torch.no_grad():
-            codes = self._network(crops_to_reference_faces(crops, self._device))
-        return codes.float().cpu().numpy()
+        return self._network(crops)
 
 
 def make_identity_encoder(

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError, MissingWeightsError
+from pipeline.core.hashing import sha256_file
 from pipeline.faces.networks import StateDictMismatch
 from pipeline.faces.networks.face_parsing import FaceParser, build_face_parser, uint8_to_unit_range
 from pipeline.faces.networks.irse50 import IRSE50, build_irse50
@@ -137,3 +139,24 @@ def load_face_parser(path: str | None, param: str, device: torch.device | str = 
     if not path or not Path(path).is_file():
         raise MissingWeightsError(param, path or "an imported model file holding encoders.parsing.*")
     return load_reference_encoders(path, parts=("parsing",), device=device).parsing
+
+
+class CropNetwork:
+    """One of the reference's face networks, from the weights file a parameter names, applied to uint8 crops.
+
+    `part` is identity, landmarks or parsing; `role` names the weights in lineage records. An unset or
+    missing file is a `MissingWeightsError` naming `param`.
+    """
+
+    def __init__(self, part: str, weights_path: str | None, param: str, role: str, device: str = "cpu") -> None:
+        if not weights_path or not Path(weights_path).is_file():
+            raise MissingWeightsError(param, weights_path or "models/dva_reference.safetensors")
+        self._device = resolve_device(device)
+        self._network = getattr(load_reference_encoders(weights_path, (part,), self._device), part)
+        self.weight_files = {role: Path(weights_path)}
+        self.weights = {role: sha256_file(Path(weights_path))}
+
+    @torch.no_grad()
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """The network's output for (B, R, R, 3) uint8 aligned crops, as float32."""
+        return self._network(crops_to_reference_faces(crops, self._device)).float().cpu().numpy()
