@@ -76,11 +76,11 @@ def import_reference(
 
 
 def cli(
-    checkpoint: Path = typer.Argument(..., help="The reference Lightning checkpoint (e.g. epoch=51-step=1000000.ckpt)."),
+    checkpoint: Path = typer.Argument(..., help="The reference Lightning checkpoint (epoch=51-step=1000000.ckpt)."),
     out: Path = typer.Argument(..., help="Project model file to write (.safetensors)."),
-    classifier: Path = typer.Option(None, "--classifier", help="The reference's CelebA attribute classifier checkpoint."),
+    classifier: Path = typer.Option(None, "--classifier", help="The reference's CelebA attribute classifier."),
     classifier_out: Path = typer.Option(
-        None, "--classifier-out", help="Where the imported classifier goes (default: classifier.safetensors beside OUT)."
+        None, "--classifier-out", help="Imported classifier file (default: classifier.safetensors beside OUT)."
     ),
     config: str = typer.Option("paper", "--config", help="Architecture: a preset name or a JSON file of UNet fields."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),

@@ -1,4 +1,5 @@
-"""The layering of the code, and `dvc.yaml` declaring the code every stage runs: the project modules its `dva` command imports,
+"""The layering of the code (the library never imports the stages or workflows; stages never import each
+other), and `dvc.yaml` declaring the code every stage runs: the project modules its `dva` command imports,
 followed transitively (imports inside functions included), must each be a dependency of the stage, so a
 change to any of them makes `dvc status` report the stage as changed."""
 
@@ -84,7 +85,8 @@ def test_every_module_a_stage_runs_is_a_dependency(name):
 def test_the_import_walk_follows_lazy_imports():
     # stages/edit.py imports the text-edit module only inside the function that runs a text edit.
     files = code_files("stages.edit")
-    assert {Path("pipeline/model/unet.py"), Path("pipeline/model/diffusion.py"), Path("pipeline/editing/text_edit.py")} <= files
+    expected = {"pipeline/model/unet.py", "pipeline/model/diffusion.py", "pipeline/editing/text_edit.py"}
+    assert {Path(name) for name in expected} <= files
 
 
 def test_the_library_never_imports_the_application():

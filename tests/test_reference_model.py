@@ -101,7 +101,8 @@ def test_ddim_inversion_and_decoding_match_the_reference(model, steps):
     with torch.no_grad():
         x_T = ddim_invert(lambda x, t: model(x, t, cond), g["input.x0_64"], scheduler, steps)
         x_0 = ddim_sample(lambda x, t: model(x, t, cond), g[f"ddim{steps}.xT"], scheduler, steps)
-        x_0_exact = ddim_sample(lambda x, t: exact(x, t, cond.double()), g[f"ddim{steps}.xT"].double(), scheduler, steps)
+        x_0_exact = ddim_sample(lambda x, t: exact(x, t, cond.double()), g[f"ddim{steps}.xT"].double(), scheduler,
+                                steps)
     for name, ours in ((f"ddim{steps}.xT", x_T), (f"ddim{steps}.x0", x_0)):
         expected = g[name]
         assert float((ours - expected).abs().median()) <= tolerance(expected)
@@ -113,7 +114,8 @@ def test_ddim_inversion_and_decoding_match_the_reference(model, steps):
 def test_every_name_of_the_paper_checkpoint_maps():
     plan = plan_import({name: tuple(shape) for name, shape in reference_keys("paper256").items()}, paper())
     assert plan.problems == []
-    assert len(plan.model) + len(plan.encoders) + len(plan.aliases) + len(plan.unused) == len(reference_keys("paper256"))
+    mapped = len(plan.model) + len(plan.encoders) + len(plan.aliases) + len(plan.unused)
+    assert mapped == len(reference_keys("paper256"))
     assert all(".pretrain_net.classifier." in name for name in plan.unused)
     with torch.device("meta"):
         assert DiffusionVideoAutoencoder(paper()).unet_parameters() == 190_576_643

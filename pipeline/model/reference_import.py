@@ -146,7 +146,8 @@ def _expected_shapes(config: UNetConfig) -> tuple[dict[str, tuple[int, ...]], di
     with torch.device("meta"):
         model = DiffusionVideoAutoencoder(config).state_dict()
         networks = {"identity.": IRSE50(), "landmarks.": LandmarkNet(), "parsing.": FaceParser()}
-        encoders = {prefix + name: value for prefix, net in networks.items() for name, value in net.state_dict().items()}
+        encoders = {prefix + name: value for prefix, net in networks.items()
+                    for name, value in net.state_dict().items()}
     return ({name: tuple(v.shape) for name, v in model.items()}, {name: tuple(v.shape) for name, v in encoders.items()})
 
 
