@@ -25,7 +25,7 @@ from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import InvertParams, load_params
+from pipeline.core.params import InvertParams, load_params, override_params
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import write_table
 from pipeline.faces.tracking import NO_FACE
@@ -148,9 +148,10 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    settings = load_params(params).invert
+    settings = load_params(params)
     if steps is not None:
-        settings = settings.model_copy(update={"steps": steps})
+        settings = override_params(settings, "invert", "--steps", steps=steps)
+    settings = settings.invert
     metrics = invert_video(checkpoint, align_dir, encode_dir, out_dir, settings, progress=not quiet,
                            run_id=cli_run_id(os.environ))
     if not quiet:

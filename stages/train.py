@@ -21,7 +21,7 @@ from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import Params, load_params
+from pipeline.core.params import Params, load_params, override_params
 from pipeline.core.progress import progress_bar
 from pipeline.faces.networks.face_encoder import load_face_parser
 from pipeline.faces.networks.face_parsing import FaceParser, parsing_face_mask
@@ -178,7 +178,7 @@ def cli(
 ) -> None:
     settings = load_params(params)
     if steps is not None:
-        settings = settings.model_copy(update={"train": settings.train.model_copy(update={"steps": steps})})
+        settings = override_params(settings, "train", "--steps", steps=steps)
     summary = train_autoencoder(settings, data_root, out_dir, state_file, progress=not quiet, quiet=quiet,
                                 run_id=cli_run_id(os.environ))
     if not quiet:

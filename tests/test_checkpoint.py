@@ -45,6 +45,22 @@ def test_save_load_round_trip_keeps_weights_config_and_metadata(tmp_path):
     assert metadata["format"] == FORMAT
 
 
+def test_landmark_standardisation_is_saved_and_older_files_load_without_it(tmp_path):
+    model = _model()
+    model.standardise_landmarks(0.5 + 0.02 * torch.randn(30, CONFIG.lnd_dim))
+    path = tmp_path / "model.safetensors"
+    save_model(path, model, {})
+    loaded = load_model(path)[0]
+    assert torch.equal(loaded.landmark_center, model.landmark_center)
+    assert torch.equal(loaded.landmark_scale, model.landmark_scale)
+    older = tmp_path / "older.safetensors"
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("landmark_")}
+    save_file(weights, str(older), metadata={"format": FORMAT, "config": config_to_json(CONFIG),
+                                             "sampler": model.sampler.to_json()})
+    loaded = load_model(older)[0]  # ran without standardisation: identity
+    assert not loaded.landmark_center.any() and float(loaded.landmark_scale) == 1.0
+
+
 def _refusals(tmp_path) -> dict:
     text = tmp_path / "notes.safetensors"
     text.write_text("these are my notes, not a model\n")

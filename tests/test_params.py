@@ -167,3 +167,20 @@ def test_a_missing_params_file_is_an_error_naming_it(tmp_path, capsys):
         main(["extract", str(tmp_path / "in.mp4"), str(tmp_path / "out"), "--params", str(missing), "--quiet"])
     assert done.value.code == 1
     assert capsys.readouterr().err.strip() == f"error: {missing}: params file not found"
+
+
+@pytest.mark.parametrize("stage", ["invert", "train"])
+def test_a_command_line_override_is_validated_like_the_file(stage, tmp_path, capsys):
+    from stages.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"invert": {"sampler": "bdia"}}))
+    paths = [str(tmp_path / name) for name in ("model.safetensors", "align", "encode", "out")]
+    arguments = paths if stage == "invert" else paths[-1:]
+    steps = "1" if stage == "invert" else "0"
+    with pytest.raises(SystemExit) as done:
+        main([stage, *arguments, "--steps", steps, "--params", str(params), "--quiet"])
+    assert done.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --steps {steps}: {stage}") and "\n" not in error, error
+    assert not (tmp_path / "out").exists()

@@ -133,3 +133,21 @@ def test_config_is_frozen_and_presets_registered():
         cfg.resolution = 128
     assert PRESETS["tiny"]() == cfg and PRESETS["paper"](id_dim=128).id_dim == 128
     assert isinstance(cfg, UNetConfig) and cfg.lnd_dim == 102
+
+
+def test_landmark_standardisation_centres_and_scales_the_head_input():
+    torch.manual_seed(0)
+    m = DiffusionVideoAutoencoder(tiny())
+    features = 0.5 + 0.02 * torch.randn(40, 102)  # a clip's landmarks: near 0.5, moving by hundredths
+    z_id = torch.randn(40, 128)
+    raw = m.face_code(z_id, features)
+    m.standardise_landmarks(features)
+    standardised = (features - m.landmark_center) / m.landmark_scale
+    assert standardised.mean(dim=0).abs().max() < 1e-5
+    assert float(standardised.square().mean().sqrt()) == pytest.approx(1.0, abs=1e-5)
+    expected = m.face_encoder(torch.cat([z_id, standardised], dim=-1))
+    assert torch.allclose(m.face_code(z_id, features), expected)
+    # The same motion now moves the code ~50x further than raw features did.
+    moved = features + 0.02
+    raw_change = (m.face_encoder(torch.cat([z_id, moved], dim=-1)) - raw).norm()
+    assert (m.face_code(z_id, moved) - m.face_code(z_id, features)).norm() > 20 * raw_change

@@ -122,6 +122,8 @@ class TrainParams(_Section):
     videos: list[str] | None = None
     # Identity code each training frame is conditioned on: its own (the reference) or its video's mean.
     identity_code: Literal["frame", "video_mean"] = "frame"
+    # Standardise the landmark input of the face-code head on the training data (the reference: raw features).
+    standardise_landmarks: bool = True
     # BiSeNet weights: L_reg inside the parsed foreground (the reference) instead of the align stage's mask.
     parsing_weights: WeightsPath | None = None
     steps: int = Field(default=3000, ge=1)
@@ -382,6 +384,19 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ParamsError(f"{source}: {_format_error(first)}") from None
+
+
+def override_params(params: Params, section: str, option: str, **values: object) -> Params:
+    """`params` with `values` set in `section`, validated as the file is (a CLI option's override).
+
+    An invalid combination is a ParamsError naming the option, e.g. ``--steps 1`` with the bdia sampler.
+    """
+    updated = params.model_dump() | {section: getattr(params, section).model_dump() | values}
+    try:
+        return Params.model_validate(updated)
+    except ValidationError as exc:
+        shown = " ".join(f"{option} {value}" for value in values.values())
+        raise ParamsError(f"{shown}: {_format_error(exc.errors()[0])}") from None
 
 
 def load_params(path: Path) -> Params:

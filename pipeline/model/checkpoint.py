@@ -26,6 +26,7 @@ TRAINING_FORMAT = FORMAT + "-training"
 # v1 files hold the earlier DiffAE-style blocks, which this version no longer builds.
 _OLDER_FORMATS = ("dva-autoencoder-v1", "dva-autoencoder-v1-training")
 ENCODERS_PREFIX = "encoders."
+_STANDARDISATION = ("landmark_center", "landmark_scale")
 
 
 def config_to_json(config: UNetConfig) -> str:
@@ -183,5 +184,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Diffusio
     # A training state has no released sampler settings; it runs with the defaults.
     sampler = sampler_settings(metadata, Path(path)) if metadata["format"] == FORMAT else SamplerSettings()
     model = DiffusionVideoAutoencoder(config, sampler)
+    # Files written before the landmark standardisation existed ran without it: identity, the default.
+    tensors = {name: value for name, value in model.state_dict().items() if name in _STANDARDISATION} | tensors
     _load_weights(model, tensors, Path(path))
     return model.to(device).eval(), metadata

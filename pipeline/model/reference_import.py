@@ -144,7 +144,8 @@ class ImportPlan:
 def _expected_shapes(config: UNetConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """Names and shapes of the model's parameters and of the face networks' tensors (built on meta)."""
     with torch.device("meta"):
-        model = DiffusionVideoAutoencoder(config).state_dict()
+        # Parameters only: the landmark standardisation buffers stay at identity (the reference has none).
+        model = dict(DiffusionVideoAutoencoder(config).named_parameters())
         networks = {"identity.": IRSE50(), "landmarks.": LandmarkNet(), "parsing.": FaceParser()}
         encoders = {prefix + name: value for prefix, net in networks.items()
                     for name, value in net.state_dict().items()}
@@ -202,6 +203,6 @@ def map_reference_state(
     if problems:
         raise InputError(path, f"{len(problems)} tensors do not fit the model: {_problem_list(problems)}")
     model = DiffusionVideoAutoencoder(config, REFERENCE_SAMPLER)
-    model.load_state_dict({target: ema[name] for name, target in plan.model.items()})
+    model.load_state_dict(model.state_dict() | {target: ema[name] for name, target in plan.model.items()})
     encoders = {target: ema[name] for name, target in plan.encoders.items()}
     return ImportedModel(model=model.eval(), encoders=encoders)

@@ -104,6 +104,15 @@ def sample_batch(
     )
 
 
+def training_landmarks(clips: list[TrainingClip]) -> torch.Tensor:
+    """Landmark features of every face frame of `clips`, and of its mirror image (training sees both)."""
+    features = []
+    for clip in clips:
+        own = np.asarray(clip.landmarks)[clip.frames]
+        features += [own, flip_landmark_feature(own, clip.landmark_frame)]
+    return torch.from_numpy(np.concatenate(features)).float()
+
+
 def fingerprint(params: TrainParams, config: UNetConfig, data_hashes: dict[str, str]) -> str:
     """What a resumable checkpoint must match: everything but the run length and logging cadence."""
     relevant = params.model_dump(exclude={"steps", "checkpoint_every", "log_every", "device"})
@@ -145,7 +154,10 @@ def train(
     rank, world_size = distributed
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed + rank)
-    model = DiffusionVideoAutoencoder(config, sampler).to(device)
+    model = DiffusionVideoAutoencoder(config, sampler)
+    if params.standardise_landmarks:
+        model.standardise_landmarks(training_landmarks(clips))
+    model = model.to(device)
     ema = EMA(model, params.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     scheduler = DDIMScheduler.from_settings(sampler)

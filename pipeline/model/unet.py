@@ -1,6 +1,10 @@
 """Diffusion Video Autoencoder decoder: the reference code's UNet, conditioned on a face code.
 
-The face code ``z_face = Linear([z_id, z_lnd])`` is the only trainable part of the encoder. Every
+The face code ``z_face = Linear([z_id, (z_lnd - landmark_center) / landmark_scale])`` is the only trainable
+part of the encoder. The landmark standardisation is fixed from the training data (`standardise_landmarks`;
+identity for a model imported from the reference code): a clip's landmarks move by a few hundredths of
+the crop, too little for a freshly initialised head to pass on, so a small model trained briefly would
+otherwise learn to ignore its motion codes. Every
 residual block (Kim et al. 2023, model/blocks.py of the authors' code) applies the timestep and then
 the face code, each as a channel-wise scale *and* shift, around an extra conv + GroupNorm::
 
@@ -194,6 +198,8 @@ class DiffusionVideoAutoencoder(nn.Module):
         self.sampler = sampler
         self.config = cfg = config
         self.face_encoder = nn.Linear(cfg.id_dim + cfg.lnd_dim, cfg.embed_dim)
+        self.register_buffer("landmark_center", torch.zeros(cfg.lnd_dim))
+        self.register_buffer("landmark_scale", torch.ones(()))
         self.time_embed = nn.Sequential(
             nn.Linear(cfg.base_channels, cfg.embed_dim), nn.SiLU(), nn.Linear(cfg.embed_dim, cfg.embed_dim)
         )
@@ -241,7 +247,18 @@ class DiffusionVideoAutoencoder(nn.Module):
 
     def face_code(self, z_id: torch.Tensor, z_lnd: torch.Tensor) -> torch.Tensor:
         """Map identity (B, id_dim) and landmark (B, lnd_dim) features to ``z_face`` (B, embed_dim)."""
+        z_lnd = (z_lnd - self.landmark_center) / self.landmark_scale
         return self.face_encoder(torch.cat([z_id, z_lnd], dim=-1))
+
+    def standardise_landmarks(self, features: torch.Tensor) -> None:
+        """Centre the landmark input on the mean of `features` (N, lnd_dim) and scale it by their RMS spread.
+
+        One scale for all coordinates keeps the face's geometry (an expression direction stays one).
+        """
+        center = features.mean(dim=0)
+        spread = (features - center).square().mean().sqrt()
+        self.landmark_center.copy_(center)
+        self.landmark_scale.copy_(spread.clamp_min(1e-6))
 
     def unet_parameters(self) -> int:
         """Parameter count of the decoder alone (without the face-code head)."""
