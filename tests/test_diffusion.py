@@ -217,6 +217,37 @@ def test_bdia_decoding_follows_the_codes():
     assert (other - x0).abs().mean() > 1e-2
 
 
+def point_mass_denoiser(scheduler: DDIMScheduler, mu: torch.Tensor):
+    """The exact eps of data that is the single image `mu`: every DDIM step predicts x0 = mu."""
+    def eps(x, t):
+        a = scheduler._alpha_bar(t, x)
+        return (x - a.sqrt() * mu) / (1 - a).sqrt()
+    return eps
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_bdia_decoding_with_new_codes_lands_where_they_lead_only_when_damped(scheduler, steps):
+    # Invert image A under a denoiser whose data is A, decode under one whose data is B (a changed code):
+    # the ODE of B leads every x_T to B, and so does DDIM. BDIA's gamma = 1 (leapfrog) leaves the mode
+    # that the mismatch excites undamped and overshoots by more than the change itself at S <= 10
+    # (computed: 12x, 2.2x, 0.61x the change at S = 5, 10, 20); gamma = 0.5 damps it to 0.76x, 0.0044x, 1e-6x.
+    g = torch.Generator().manual_seed(0)
+    image_a = torch.rand(1, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    image_b = image_a + 0.2 * torch.randn(1, 3, 8, 8, generator=g, dtype=torch.float64)
+    change = (image_b - image_a).abs().mean()
+    miss = {}
+    for gamma in (1.0, 0.5):
+        state = invert(point_mass_denoiser(scheduler, image_a), image_a, scheduler, steps, "bdia", gamma)
+        decoded = sample(point_mass_denoiser(scheduler, image_b), state, scheduler, steps, "bdia", gamma)
+        miss[gamma] = float((decoded - image_b).abs().mean() / change)
+    ddim_state = invert(point_mass_denoiser(scheduler, image_a), image_a, scheduler, steps)
+    torch.testing.assert_close(sample(point_mass_denoiser(scheduler, image_b), ddim_state, scheduler, steps), image_b)
+    assert miss[1.0] > 0.5
+    assert miss[0.5] < 0.1 * miss[1.0]
+    if steps >= 10:
+        assert miss[0.5] < 0.01
+
+
 def test_bdia_needs_two_steps_and_samplers_are_named(scheduler):
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValueError, match="at least 2 steps"):

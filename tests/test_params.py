@@ -184,3 +184,19 @@ def test_a_command_line_override_is_validated_like_the_file(stage, tmp_path, cap
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"error: --steps {steps}: {stage}") and "\n" not in error, error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bdia_gamma_that_would_blow_up_round_off_is_refused_with_the_lowest_usable_one():
+    # 0.5 ** -49 = 5.6e14: the inversion would multiply float round-off past any use.
+    with pytest.raises(ParamsError) as error:
+        parse_params({"invert": {"sampler": "bdia", "steps": 50, "bdia_gamma": 0.5}})
+    message = str(error.value)
+    assert "invert.bdia_gamma 0.5 with invert.steps 50" in message and "use bdia_gamma >= 0.83" in message
+    # The lowest gamma it names passes; the demo's S = 10 takes 0.5 (round-off x 512).
+    parse_params({"invert": {"sampler": "bdia", "steps": 50, "bdia_gamma": 0.83}})
+    parse_params({"invert": {"sampler": "bdia", "steps": 10, "bdia_gamma": 0.5}})
+    # DDIM has no gamma: the same numbers are fine.
+    parse_params({"invert": {"sampler": "ddim", "steps": 50, "bdia_gamma": 0.5}})
+    # Unset, gamma is 0.5 where the round-off allows it and the lowest usable value where not.
+    assert parse_params({"invert": {"sampler": "bdia", "steps": 10}}).invert.bdia_gamma == 0.5
+    assert parse_params({"invert": {"sampler": "bdia", "steps": 50}}).invert.bdia_gamma == 0.83

@@ -15,6 +15,7 @@ import typer
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from pipeline.core.atomic import atomic_output_file
 from pipeline.core.errors import DvaError, InputError, ParamsError
 from pipeline.core.hashing import content_key, sha256_file
 from pipeline.core.params import EditSpec, MotionEdit, Params, load_params
@@ -82,13 +83,15 @@ def edit_one_video(
     evaluate_dir = cached(base / f"evaluate-{keys.evaluations[name]}",
                           lambda d: evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, d,
                                                   params.encode, progress, align=params.align))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(render_dir / VIDEO_FILE, out)
     stem = out.with_suffix("")
-    for produced, suffix in (("side_by_side.mp4", "_side_by_side.mp4"), ("contact_sheet.png", "_contact_sheet.png")):
-        shutil.copyfile(render_dir / produced, f"{stem}{suffix}")
+    published = ((render_dir / VIDEO_FILE, out), (render_dir / "side_by_side.mp4", Path(f"{stem}_side_by_side.mp4")),
+                 (render_dir / "contact_sheet.png", Path(f"{stem}_contact_sheet.png")))
+    for produced, destination in published:
+        with atomic_output_file(destination) as temporary:
+            shutil.copyfile(produced, temporary)
     metrics = json.loads((evaluate_dir / "metrics.json").read_text())
-    Path(f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_output_file(Path(f"{stem}_metrics.json")) as temporary:
+        temporary.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -149,21 +150,38 @@ class InferenceSettings(_Section):
     compile: bool = False
 
 
+# The most BDIA's inversion may multiply float round-off by (gamma ** -(steps - 1)): 1e4 keeps an exact
+# reconstruction above ~70 dB in float32.
+BDIA_MAX_AMPLIFICATION = 1e4
+# Damps the mode changed codes excite to under 1% of the change by S = 10 (tests/test_diffusion.py).
+BDIA_DEFAULT_GAMMA = 0.5
+
+
 class InvertParams(InferenceSettings):
     """Inversion of every frame, once per video; its sampler and steps are also every edit's decoding."""
 
     # ddim: the paper's sampler, approximate inversion; bdia: BDIA-DDIM, exact inversion (pipeline/model/diffusion.py).
     sampler: Literal["ddim", "bdia"] = "ddim"
     steps: int = Field(default=50, ge=1, le=1000)
-    # BDIA's weight of the backward half-step: 1 is time-symmetric; below 1 the inversion divides by it.
-    bdia_gamma: float = Field(default=1.0, gt=0, le=1)
+    # BDIA's weight of the backward half-step. 1 is time-symmetric (leapfrog) and leaves an undamped
+    # alternating mode that changed codes excite (speckled edits); below 1 decoding damps it by gamma per
+    # step while the inversion divides by gamma, multiplying round-off by gamma ** -(steps - 1).
+    # None: 0.5, or the lowest gamma the round-off allows at this many steps if that is higher.
+    bdia_gamma: float | None = Field(default=None, gt=0, le=1)
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
 
     @model_validator(mode="after")
-    def _bdia_needs_two_steps(self) -> "InvertParams":
+    def _bdia_settings(self) -> "InvertParams":
         if self.sampler == "bdia" and self.steps < 2:
             raise ValueError("invert.sampler bdia needs invert.steps >= 2 (its state is two latents)")
+        lowest = math.ceil(BDIA_MAX_AMPLIFICATION ** (-1 / max(self.steps - 1, 1)) * 100) / 100
+        if self.bdia_gamma is None:
+            object.__setattr__(self, "bdia_gamma", max(BDIA_DEFAULT_GAMMA, lowest))
+        if self.sampler == "bdia" and self.bdia_gamma ** (1 - self.steps) > BDIA_MAX_AMPLIFICATION:
+            raise ValueError(f"invert.bdia_gamma {self.bdia_gamma:g} with invert.steps {self.steps}: the inversion would "
+                             f"multiply round-off by {self.bdia_gamma ** (1 - self.steps):.1e}; use bdia_gamma >= "
+                             f"{lowest:g} or fewer steps")
         return self
 
 
@@ -369,7 +387,7 @@ class Params(_Section):
 
 def _format_error(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{key}: {message}"
