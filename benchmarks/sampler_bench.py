@@ -1,7 +1,7 @@
-"""DDIM against BDIA-DDIM (exact inversion): reconstruction, cost and an edit's effect per step count.
+"""DDIM against BDIA-DDIM (exact inversion): reconstruction, cost and two edits' effect per step count.
 
 Run: `python benchmarks/sampler_bench.py [--checkpoint data/train/model.safetensors] [--steps 5 10 20 50]
-[--frames 15] [--out benchmarks/results/sampler_cpu.json] [--quiet]`.
+[--gammas 1.0 0.5] [--frames 15] [--out benchmarks/results/sampler_cpu.json] [--quiet]`.
 
 On evenly spaced face frames of one video (the demo's `data/align|encode/carphone` by default), with
 one model, in one run, for each sampler and number of steps S: UNet evaluations per frame (inversion,
@@ -10,7 +10,12 @@ decode, as `dva invert` reports it), the noise maps' standard deviation, and an 
 same inversion: the demo's anonymisation (`reference`, away, strength 0.8). The edit's effect is the
 identity embedding's cosine to the video identity (lower: stronger edit; the identity encoder of the
 encode stage) and its PSNR against the same edit decoded by DDIM at the largest S (how close a cheap
-decode comes to the converged one). Timings share a loaded machine: compare ratios within one run.
+decode comes to the converged one). BDIA runs once per `--gammas` value (a gamma the params would refuse
+at that S is skipped). With the demo's driver prepared (`--driver-extract`, `--driver-encode`), each run
+also decodes the motion edit (the driver's codes as they are, matched by time) and reports the landmark
+error of the decoded faces to those codes over the reconstruction's (evaluate's `error_ratio`) and the
+share of decoded faces dlib still detects (speckled decodes are missed). Timings share a loaded
+machine: compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -31,15 +36,18 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.hashing import sha256_file  # noqa: E402
-from pipeline.core.params import load_params  # noqa: E402
+from pipeline.core.params import BDIA_MAX_AMPLIFICATION, load_params  # noqa: E402
 from pipeline.core.progress import progress_bar  # noqa: E402
+from pipeline.editing import motion  # noqa: E402
 from pipeline.editing.editing import reference_edit  # noqa: E402
+from pipeline.evaluation.landmark_metrics import detect_crop_landmarks  # noqa: E402
+from pipeline.faces.face_detection import make_landmark_detector  # noqa: E402
 from pipeline.faces.identity import make_identity_encoder  # noqa: E402
 from pipeline.faces.tracking import NO_FACE  # noqa: E402
 from pipeline.model.checkpoint import load_model  # noqa: E402
 from pipeline.model.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
 from pipeline.model.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops  # noqa: E402
-from pipeline.runs.artifacts import open_crops, read_alignment, read_features  # noqa: E402
+from pipeline.runs.artifacts import open_crops, read_alignment, read_features, read_frame_times  # noqa: E402
 from stages.invert import frame_quality  # noqa: E402
 
 SAMPLERS = ("ddim", "bdia")
@@ -61,9 +69,22 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return -10 * float(np.log10((((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()))
 
 
+def driver_codes(extract: Path, features, driver_extract: Path, driver_encode: Path) -> np.ndarray:
+    """The motion edit's codes: the driver's, as they are, at each frame's time (the demo's `follow_reversed`)."""
+    driver = read_features(driver_encode)
+    matched = motion.match_by_time(read_frame_times(extract)[1], read_frame_times(driver_extract)[1])
+    driver_valid = np.array([state != NO_FACE for state in driver.status])
+    valid = np.array([state != NO_FACE for state in features.status])
+    return motion.driven_codes(features.landmarks, valid, driver.landmarks, driver_valid, matched, "absolute")
+
+
 def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, steps: list[int], frame_count: int,
-              batch: int, device: torch.device, progress: bool) -> dict:
-    """Measure every sampler at every S on `frame_count` evenly spaced face frames; returns the JSON record."""
+              batch: int, device: torch.device, progress: bool, gammas: list[float] | None = None,
+              driver: tuple[Path, Path, Path] | None = None) -> dict:
+    """Measure every sampler at every S on `frame_count` evenly spaced face frames; returns the JSON record.
+
+    `driver` is (the video's extract, the driver's extract, the driver's encode) for the motion edit.
+    """
     model, _ = load_model(checkpoint, device)
     scheduler = DDIMScheduler.from_settings(model.sampler)
     crops, features = open_crops(align).crops, read_features(encode)
@@ -80,11 +101,22 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
     def identity_cosine(images: np.ndarray) -> float:
         return float(np.mean(encoder.embed(images, crop_landmarks[frames]) @ identity))
 
+    motion_codes = driver_codes(driver[0], features, *driver[1:]) if driver else None
+    detector = make_landmark_detector("dlib", None, 0, 0.5)
+    rows_of_frames = np.arange(len(frames))
+
+    def landmarks_of(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return detect_crop_landmarks(detector, to_uint8_crops(images), rows_of_frames, crop_landmarks[frames],
+                                     False, "")
+
     chunks = [slice(start, start + batch) for start in range(0, len(frames), batch)]
-    runs = [(sampler, count) for count in sorted(steps, reverse=True) for sampler in SAMPLERS]
+    # BDIA once per gamma that the params would accept at this S (the inversion's round-off bound).
+    runs = [(sampler, count, gamma) for count in sorted(steps, reverse=True) for sampler in SAMPLERS
+            for gamma in ((1.0,) if sampler == "ddim" else gammas or (1.0,))
+            if sampler == "ddim" or gamma ** (1 - count) <= BDIA_MAX_AMPLIFICATION]
     rows, reference_edit_images = [], None
-    for sampler, count in progress_bar(runs, enabled=progress, total=len(runs), desc="samplers"):
-        recon, edited, std = [], [], []
+    for sampler, count, gamma in progress_bar(runs, enabled=progress, total=len(runs), desc="samplers"):
+        recon, edited, driven, std = [], [], [], []
         invert_s = decode_s = 0.0
         for chunk in chunks:
             images = to_model_images(source[chunk], device)
@@ -92,15 +124,26 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
                 z_face = face_codes(model, identity, landmarks[frames[chunk]], device)
                 z_edit = face_codes(model, edited_identity, landmarks[frames[chunk]], device)
             state, seconds = _timed(device, lambda: invert_frames(model, scheduler, images, z_face, count, None,
-                                                                  sampler))
+                                                                  sampler, gamma))
             invert_s += seconds
             decoded, seconds = _timed(device, lambda: decode_frames(model, scheduler, state, z_face, count, None,
-                                                                    sampler))
+                                                                    sampler, gamma))
             decode_s += seconds
             recon.append(decoded.cpu())
-            edited.append(decode_frames(model, scheduler, state, z_edit, count, None, sampler).cpu())
+            edited.append(decode_frames(model, scheduler, state, z_edit, count, None, sampler, gamma).cpu())
+            if motion_codes is not None:
+                with torch.inference_mode():
+                    z_motion = face_codes(model, identity, motion_codes[frames[chunk]], device)
+                driven.append(decode_frames(model, scheduler, state, z_motion, count, None, sampler, gamma).cpu())
             std.extend(noise_maps(state, sampler).flatten(1).std(dim=1).cpu().tolist())
         recon, edited = torch.cat(recon), torch.cat(edited)
+        following = {}
+        if motion_codes is not None:
+            asked = motion.as_points(motion_codes[frames])
+            (recon_points, _), (driven_points, found) = landmarks_of(recon), landmarks_of(torch.cat(driven))
+            following = {"motion_error_ratio": float(motion.landmark_errors(driven_points, asked).mean()
+                                                     / motion.landmark_errors(recon_points, asked).mean()),
+                         "motion_detected": float(found.mean())}
         if reference_edit_images is None:  # the first run: DDIM at the largest S
             reference_edit_images = edited
         psnr, ssim = frame_quality(source, recon)
@@ -108,6 +151,7 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
         rows.append({
             "sampler": sampler,
             "steps": count,
+            "gamma": gamma if sampler == "bdia" else None,
             "unet_evals_per_frame": {"invert": invert_evals, "decode": decode_evals,
                                      "first_edit": invert_evals + decode_evals, "further_edit": decode_evals},
             "invert_s_per_frame": invert_s / len(frames),
@@ -119,7 +163,7 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
             "edit_identity_cosine": identity_cosine(to_uint8_crops(edited)),
             # None for the converged run itself (its PSNR against itself is infinite, which JSON lacks).
             "edit_psnr_vs_converged": None if edited is reference_edit_images else _psnr(edited, reference_edit_images),
-        })
+        } | following)
     return {
         "device": str(device),
         "host": platform.node(),
@@ -134,20 +178,28 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
         "source_identity_cosine": identity_cosine(source),
         "edited_code_cosine": float(edited_identity @ identity),
         "converged_edit": {"sampler": "ddim", "steps": max(steps)},
+        "motion_edit": {"driver_encode": str(driver[2]), "mode": "absolute"} if driver else None,
         "rows": rows,
     }
 
 
 def print_table(result: dict) -> None:
     """The README table: one row per sampler and S."""
-    print(f"{'sampler':7} {'S':>3} {'evals 1st/next':>14} {'PSNR dB':>8} {'SSIM':>7} {'noise std':>9} "
-          f"{'inv s/f':>8} {'dec s/f':>8} {'edit id cos':>11} {'edit vs conv dB':>15}")
+    print(f"{'sampler':11} {'S':>3} {'evals 1st/next':>14} {'PSNR dB':>8} {'SSIM':>7} {'noise std':>9} "
+          f"{'inv s/f':>8} {'dec s/f':>8} {'edit id cos':>11} {'edit vs conv dB':>15} {'motion ratio':>12} "
+          f"{'detected':>8}")
+
+    def shown(value, spec):
+        return "-" if value is None else format(value, spec)
+
     for row in result["rows"]:
         evals = row["unet_evals_per_frame"]
-        print(f"{row['sampler']:7} {row['steps']:>3} {evals['first_edit']:>8}/{evals['further_edit']:<5} "
+        name = row["sampler"] if row["gamma"] is None else f"bdia g={row['gamma']:g}"
+        print(f"{name:11} {row['steps']:>3} {evals['first_edit']:>8}/{evals['further_edit']:<5} "
               f"{row['psnr']:>8.1f} {row['ssim']:>7.4f} {row['noise_std']:>9.2f} {row['invert_s_per_frame']:>8.3f} "
               f"{row['decode_s_per_frame']:>8.3f} {row['edit_identity_cosine']:>11.3f} "
-              f"{'-' if row['edit_psnr_vs_converged'] is None else format(row['edit_psnr_vs_converged'], '.1f'):>15}")
+              f"{shown(row['edit_psnr_vs_converged'], '.1f'):>15} {shown(row.get('motion_error_ratio'), '.3f'):>12} "
+              f"{shown(row.get('motion_detected'), '.2f'):>8}")
     print(f"source crops' identity cosine {result['source_identity_cosine']:.3f}; edited code's "
           f"{result['edited_code_cosine']:.3f}; converged edit: DDIM S={result['converged_edit']['steps']}")
 
@@ -160,6 +212,11 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml",
                         help="Parameters file naming the identity encoder (dlib when absent).")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--gammas", type=float, nargs="+", default=[1.0, 0.5], help="BDIA gammas to compare.")
+    parser.add_argument("--extract", type=Path, default=REPO / "data/extract/carphone")
+    parser.add_argument("--driver-extract", type=Path, default=REPO / "data/drivers/carphone_reversed/extract")
+    parser.add_argument("--driver-encode", type=Path, default=REPO / "data/drivers/carphone_reversed/encode",
+                        help="Motion edit's driver (skipped when its folders are missing).")
     parser.add_argument("--frames", type=int, default=15)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="auto")
@@ -169,8 +226,10 @@ def main() -> None:
     for path in (args.checkpoint, args.align, args.encode):
         if not path.exists():
             parser.error(f"{path} not found (run `make demo` first, or pass --checkpoint/--align/--encode)")
+    driver = (args.extract, args.driver_extract, args.driver_encode)
     result = run_bench(args.checkpoint, args.align, args.encode, args.params, args.steps, args.frames, args.batch,
-                       resolve_device(args.device), not args.quiet)
+                       resolve_device(args.device), not args.quiet, args.gammas,
+                       driver if all(path.is_dir() for path in driver) else None)
     print_table(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
