@@ -5,6 +5,7 @@ frame rate, an expression edit through the edit stage, and the one-line errors o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import cv2
@@ -157,3 +158,31 @@ def test_reversed_sample_plays_the_clip_backwards(tmp_path):
     for index in (0, len(forward) // 2, len(forward) - 1):
         difference = np.abs(backward[index].rgb.astype(int) - forward[-1 - index].rgb.astype(int)).mean()
         assert difference < 4, index  # grey levels of lossy encoding, not another frame
+
+
+MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")  # Debian's opencv-doc: another face
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MEGAMIND.is_file(), reason="needs Debian's opencv-doc (apt-get install opencv-doc)")
+def test_dva_edit_follows_another_persons_clip(micro_model, sample_clip, tmp_path):
+    from workflows.one_off import edit_one_video
+    from tests.conftest import write_video
+
+    # Megamind's face is found from about frame 60 on; a 720x528 clip at 24 fps of it drives the sample.
+    frames = [frame.rgb for frame in iter_frames(MEGAMIND, max_frames=60 + SAMPLE_FRAMES)][60:]
+    driver = write_video(tmp_path / "megamind.mp4", frames, rate=24, options={"crf": "10"})
+    params = micro_model.settings(extract={"max_frames": SAMPLE_FRAMES})
+    out = tmp_path / "driven.mp4"
+    metrics = edit_one_video(sample_clip, micro_model.checkpoint, json.dumps({"kind": "motion", "driver": str(driver)}),
+                             out, params, tmp_path / "work", progress=False)
+    source_times = [frame.time for frame in iter_frames(sample_clip, max_frames=SAMPLE_FRAMES)]
+    np.testing.assert_allclose(_times(out), source_times, atol=1e-3)
+    assert json.loads((tmp_path / "driven_metrics.json").read_text()) == metrics
+    assert metrics["landmarks"]["frames_measured"] > 0
+    from pipeline.core.hashing import content_key, sha256_file
+
+    info = json.loads((next((tmp_path / "work" / content_key(sha256_file(sample_clip))).glob("edit-*"))
+                       / EDIT_INFO_FILE).read_text())
+    expected = np.minimum(np.floor(np.asarray(source_times) * 24 + 1e-4), SAMPLE_FRAMES - 1)
+    assert info["driver_frame_of_each_frame"] == expected.astype(int).tolist()
