@@ -97,7 +97,7 @@ def invert_video(
         noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32,
                                           shape=(count, *state_shape(params.sampler, (3, size, size))))
         recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
-        sampling = (params.sampler, params.bdia_gamma)
+        sampling = (params.sampler, params.effective_bdia_gamma)
         for rows in progress_bar(batches, enabled=progress, total=len(batches),
                                  desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
@@ -131,7 +131,7 @@ def invert_video(
                 "noise_std": pa.array(noise_std),
             },
             {"checkpoint_sha256": sha256_file(Path(checkpoint)), "steps": params.steps, "sampler": params.sampler,
-             "bdia_gamma": params.bdia_gamma, "video_identity": identity.tolist()},
+             "bdia_gamma": params.effective_bdia_gamma, "video_identity": identity.tolist()},
         )
         (work / INVERT_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_lineage(work, out_dir, stage="invert", inputs=[align_dir, encode_dir], params={"invert": params},

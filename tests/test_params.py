@@ -198,5 +198,15 @@ def test_a_bdia_gamma_that_would_blow_up_round_off_is_refused_with_the_lowest_us
     # DDIM has no gamma: the same numbers are fine.
     parse_params({"invert": {"sampler": "ddim", "steps": 50, "bdia_gamma": 0.5}})
     # Unset, gamma is 0.5 where the round-off allows it and the lowest usable value where not.
-    assert parse_params({"invert": {"sampler": "bdia", "steps": 10}}).invert.bdia_gamma == 0.5
-    assert parse_params({"invert": {"sampler": "bdia", "steps": 50}}).invert.bdia_gamma == 0.83
+    assert parse_params({"invert": {"sampler": "bdia", "steps": 10}}).invert.effective_bdia_gamma == 0.5
+    assert parse_params({"invert": {"sampler": "bdia", "steps": 50}}).invert.effective_bdia_gamma == 0.83
+
+
+def test_an_unset_bdia_gamma_follows_a_command_line_steps_override():
+    from pipeline.core.params import override_params
+
+    params = parse_params({"invert": {"sampler": "bdia", "steps": 10}})
+    assert override_params(params, "invert", "--steps", steps=50).invert.effective_bdia_gamma == 0.83
+    explicit = parse_params({"invert": {"sampler": "bdia", "steps": 10, "bdia_gamma": 0.5}})
+    with pytest.raises(ParamsError, match=r"--steps 50: .*use bdia_gamma >= 0.83"):
+        override_params(explicit, "invert", "--steps", steps=50)

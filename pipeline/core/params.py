@@ -171,17 +171,25 @@ class InvertParams(InferenceSettings):
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
 
+    @property
+    def effective_bdia_gamma(self) -> float:
+        """The gamma BDIA runs with: `bdia_gamma`, or when unset 0.5 or the lowest the round-off bound allows."""
+        if self.bdia_gamma is not None:
+            return self.bdia_gamma
+        return max(BDIA_DEFAULT_GAMMA, self._lowest_bdia_gamma())
+
+    def _lowest_bdia_gamma(self) -> float:
+        return math.ceil(BDIA_MAX_AMPLIFICATION ** (-1 / max(self.steps - 1, 1)) * 100) / 100
+
     @model_validator(mode="after")
     def _bdia_settings(self) -> "InvertParams":
         if self.sampler == "bdia" and self.steps < 2:
             raise ValueError("invert.sampler bdia needs invert.steps >= 2 (its state is two latents)")
-        lowest = math.ceil(BDIA_MAX_AMPLIFICATION ** (-1 / max(self.steps - 1, 1)) * 100) / 100
-        if self.bdia_gamma is None:
-            object.__setattr__(self, "bdia_gamma", max(BDIA_DEFAULT_GAMMA, lowest))
-        if self.sampler == "bdia" and self.bdia_gamma ** (1 - self.steps) > BDIA_MAX_AMPLIFICATION:
-            raise ValueError(f"invert.bdia_gamma {self.bdia_gamma:g} with invert.steps {self.steps}: the inversion would "
-                             f"multiply round-off by {self.bdia_gamma ** (1 - self.steps):.1e}; use bdia_gamma >= "
-                             f"{lowest:g} or fewer steps")
+        gamma = self.effective_bdia_gamma
+        if self.sampler == "bdia" and gamma ** (1 - self.steps) > BDIA_MAX_AMPLIFICATION:
+            raise ValueError(f"invert.bdia_gamma {gamma:g} with invert.steps {self.steps}: the inversion would "
+                             f"multiply round-off by {gamma ** (1 - self.steps):.1e}; use bdia_gamma >= "
+                             f"{self._lowest_bdia_gamma():g} or fewer steps")
         return self
 
 
