@@ -11,7 +11,7 @@ same inversion: the demo's anonymisation (`reference`, away, strength 0.8). The 
 identity embedding's cosine to the video identity (lower: stronger edit; the identity encoder of the
 encode stage) and its PSNR against the same edit decoded by DDIM at the largest S (how close a cheap
 decode comes to the converged one). BDIA runs once per `--gammas` value (a gamma the params would refuse
-at that S is skipped). With the demo's driver prepared (`--driver-extract`, `--driver-encode`), each run
+at that S is skipped). With the demo's driver prepared (`--driver`, `--driver-extract`, `--driver-encode`), each run
 also decodes the motion edit (the driver's codes as they are, matched by time) and reports the landmark
 error of the decoded faces to those codes over the reconstruction's (evaluate's `error_ratio`) and the
 share of decoded faces dlib still detects (speckled decodes are missed). Timings share a loaded
@@ -30,15 +30,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.hashing import sha256_file  # noqa: E402
-from pipeline.core.params import BDIA_MAX_AMPLIFICATION, load_params  # noqa: E402
+from pipeline.core.params import InvertParams, MotionEdit, load_params  # noqa: E402
 from pipeline.core.progress import progress_bar  # noqa: E402
 from pipeline.editing import motion  # noqa: E402
+from pipeline.editing.driving import DriverArtifacts, MotionInputs, edit_landmark_codes  # noqa: E402
 from pipeline.editing.editing import reference_edit  # noqa: E402
 from pipeline.evaluation.landmark_metrics import detect_crop_landmarks  # noqa: E402
 from pipeline.faces.face_detection import make_landmark_detector  # noqa: E402
@@ -47,11 +49,12 @@ from pipeline.faces.tracking import NO_FACE  # noqa: E402
 from pipeline.model.checkpoint import load_model  # noqa: E402
 from pipeline.model.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
 from pipeline.model.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops  # noqa: E402
-from pipeline.runs.artifacts import open_crops, read_alignment, read_features, read_frame_times  # noqa: E402
+from pipeline.runs.artifacts import open_crops, read_alignment, read_features  # noqa: E402
 from stages.invert import frame_quality  # noqa: E402
 
 SAMPLERS = ("ddim", "bdia")
 EDIT_STRENGTH = 0.8  # the demo's anonymise edit (params.yaml)
+MOTION_EDIT = "follow_reversed"  # the demo's motion edit
 
 
 def _timed(device: torch.device, run):
@@ -69,21 +72,21 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return -10 * float(np.log10((((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).mean().item()))
 
 
-def driver_codes(extract: Path, features, driver_extract: Path, driver_encode: Path) -> np.ndarray:
-    """The motion edit's codes: the driver's, as they are, at each frame's time (the demo's `follow_reversed`)."""
-    driver = read_features(driver_encode)
-    matched = motion.match_by_time(read_frame_times(extract)[1], read_frame_times(driver_extract)[1])
-    driver_valid = np.array([state != NO_FACE for state in driver.status])
-    valid = np.array([state != NO_FACE for state in features.status])
-    return motion.driven_codes(features.landmarks, valid, driver.landmarks, driver_valid, matched, "absolute")
+def bdia_accepts(gamma: float, steps: int) -> bool:
+    """Whether the params would accept BDIA with this gamma at S = `steps` (the inversion's round-off bound)."""
+    try:
+        InvertParams(sampler="bdia", steps=steps, bdia_gamma=gamma)
+    except ValidationError:
+        return False
+    return True
 
 
 def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, steps: list[int], frame_count: int,
               batch: int, device: torch.device, progress: bool, gammas: list[float] | None = None,
-              driver: tuple[Path, Path, Path] | None = None) -> dict:
+              driver: MotionInputs | None = None) -> dict:
     """Measure every sampler at every S on `frame_count` evenly spaced face frames; returns the JSON record.
 
-    `driver` is (the video's extract, the driver's extract, the driver's encode) for the motion edit.
+    `driver` is the motion edit's inputs: the video's extract and the driver's video, extract and encode.
     """
     model, _ = load_model(checkpoint, device)
     scheduler = DDIMScheduler.from_settings(model.sampler)
@@ -101,7 +104,11 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
     def identity_cosine(images: np.ndarray) -> float:
         return float(np.mean(encoder.embed(images, crop_landmarks[frames]) @ identity))
 
-    motion_codes = driver_codes(driver[0], features, *driver[1:]) if driver else None
+    # The codes the edit stage decodes the demo's `follow_reversed` with: the driver's, as they are.
+    motion_codes = None
+    if driver:
+        spec = MotionEdit(kind="motion", driver=str(driver.drivers[MOTION_EDIT].source), mode="absolute")
+        motion_codes = edit_landmark_codes(MOTION_EDIT, spec, encode, driver)[0]
     detector = make_landmark_detector("dlib", None, 0, 0.5)
     rows_of_frames = np.arange(len(frames))
 
@@ -110,10 +117,9 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
                                      False, "")
 
     chunks = [slice(start, start + batch) for start in range(0, len(frames), batch)]
-    # BDIA once per gamma that the params would accept at this S (the inversion's round-off bound).
     runs = [(sampler, count, gamma) for count in sorted(steps, reverse=True) for sampler in SAMPLERS
             for gamma in ((1.0,) if sampler == "ddim" else gammas or (1.0,))
-            if sampler == "ddim" or gamma ** (1 - count) <= BDIA_MAX_AMPLIFICATION]
+            if sampler == "ddim" or bdia_accepts(gamma, count)]
     rows, reference_edit_images = [], None
     for sampler, count, gamma in progress_bar(runs, enabled=progress, total=len(runs), desc="samplers"):
         recon, edited, driven, std = [], [], [], []
@@ -178,7 +184,7 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
         "source_identity_cosine": identity_cosine(source),
         "edited_code_cosine": float(edited_identity @ identity),
         "converged_edit": {"sampler": "ddim", "steps": max(steps)},
-        "motion_edit": {"driver_encode": str(driver[2]), "mode": "absolute"} if driver else None,
+        "motion_edit": {"driver": str(driver.drivers[MOTION_EDIT].source), "mode": "absolute"} if driver else None,
         "rows": rows,
     }
 
@@ -214,6 +220,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--gammas", type=float, nargs="+", default=[1.0, 0.5], help="BDIA gammas to compare.")
     parser.add_argument("--extract", type=Path, default=REPO / "data/extract/carphone")
+    parser.add_argument("--driver", type=Path, default=REPO / "data/derived/carphone_reversed.mp4")
     parser.add_argument("--driver-extract", type=Path, default=REPO / "data/drivers/carphone_reversed/extract")
     parser.add_argument("--driver-encode", type=Path, default=REPO / "data/drivers/carphone_reversed/encode",
                         help="Motion edit's driver (skipped when its folders are missing).")
@@ -226,10 +233,12 @@ def main() -> None:
     for path in (args.checkpoint, args.align, args.encode):
         if not path.exists():
             parser.error(f"{path} not found (run `make demo` first, or pass --checkpoint/--align/--encode)")
-    driver = (args.extract, args.driver_extract, args.driver_encode)
+    driver = MotionInputs(args.extract, {MOTION_EDIT: DriverArtifacts(args.driver, args.driver_extract,
+                                                                      args.driver_encode)})
+    prepared = args.driver.is_file() and all(path.is_dir() for path in (args.extract, args.driver_extract,
+                                                                         args.driver_encode))
     result = run_bench(args.checkpoint, args.align, args.encode, args.params, args.steps, args.frames, args.batch,
-                       resolve_device(args.device), not args.quiet, args.gammas,
-                       driver if all(path.is_dir() for path in driver) else None)
+                       resolve_device(args.device), not args.quiet, args.gammas, driver if prepared else None)
     print_table(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
