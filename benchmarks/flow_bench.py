@@ -32,7 +32,7 @@ from benchmarks.pipeline_bench import EDITS, make_face_clip  # noqa: E402
 
 def direct_run(clips: list[Path], checkpoint: Path, params_file: Path, work: Path) -> float:
     """Seconds to run every stage for every clip and edit by calling the stage functions."""
-    from pipeline.core.params import load_params
+    from pipeline.params import load_params
     from stages.align import align_video
     from stages.edit import edit_videos
     from stages.encode import encode_video

@@ -115,9 +115,9 @@ def benchmark_clip(dva: str, seconds: float, fps: int, root: Path, checkpoint: P
 
 def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch: int = 4) -> list[dict]:
     """Seconds per frame of a DDIM decode under each inference setting the params offer."""
-    from pipeline.core.params import InferenceSettings
     from pipeline.model.diffusion import DDIMScheduler
     from pipeline.model.inversion import decode_frames, prepare_model
+    from pipeline.model.settings import InferenceSettings
 
     variants = [InferenceSettings(), InferenceSettings(precision="bfloat16"), InferenceSettings(channels_last=True),
                 InferenceSettings(compile=True)]
@@ -156,7 +156,7 @@ def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch
 
 def multi_edit_speed(checkpoint: Path, params_file: Path, work: Path) -> dict:
     """Two edits of one video: one batched pass against one pass per edit (in-process, same data)."""
-    from pipeline.core.params import load_params
+    from pipeline.params import load_params
     from stages.edit import edit_videos
 
     params = load_params(params_file)

@@ -37,18 +37,26 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.hashing import sha256_file  # noqa: E402
-from pipeline.core.params import InvertParams, MotionEdit, load_params  # noqa: E402
 from pipeline.core.progress import progress_bar  # noqa: E402
 from pipeline.editing import motion  # noqa: E402
 from pipeline.editing.driving import DriverArtifacts, MotionInputs, edit_landmark_codes  # noqa: E402
 from pipeline.editing.editing import reference_edit  # noqa: E402
+from pipeline.editing.kinds import MotionEdit  # noqa: E402
 from pipeline.evaluation.landmark_metrics import detect_crop_landmarks  # noqa: E402
 from pipeline.faces.face_detection import make_landmark_detector  # noqa: E402
 from pipeline.faces.identity import make_identity_encoder  # noqa: E402
 from pipeline.faces.tracking import NO_FACE  # noqa: E402
 from pipeline.model.checkpoint import load_model  # noqa: E402
 from pipeline.model.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
-from pipeline.model.inversion import decode_frames, face_codes, invert_frames, to_model_images, to_uint8_crops  # noqa: E402
+from pipeline.model.inversion import (  # noqa: E402
+    InvertParams,  # noqa: E402
+    decode_frames,
+    face_codes,
+    invert_frames,
+    to_model_images,
+    to_uint8_crops,
+)
+from pipeline.params import load_params  # noqa: E402
 from pipeline.runs.artifacts import open_crops, read_alignment, read_features  # noqa: E402
 from stages.invert import frame_quality  # noqa: E402
 

@@ -16,21 +16,30 @@ import pyarrow as pa
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.config import ParamsView, read_params
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
-from pipeline.core.params import AlignParams, load_params
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import vector_column, write_table
 from pipeline.faces import alignment
 from pipeline.faces.face_detection import make_landmark_detector
 from pipeline.faces.networks.face_encoder import load_face_parser
 from pipeline.faces.networks.face_parsing import parsing_face_mask
+from pipeline.faces.settings import AlignParams
 from pipeline.faces.tracking import NO_FACE, FaceTrack, track_face
+from pipeline.model.settings import ModelParams
 from pipeline.runs.artifacts import ALIGN_TABLE_FILE, CROPS_FILE, FRAMES_FILE, MASKS_FILE, META_FILE, require_artifact
 from pipeline.runs.lineage import cli_run_id, write_lineage
 from pipeline.video.video_io import VideoMeta, read_lossless_frames
 
 PARSE_BATCH = 16
+
+
+class AlignView(ParamsView):
+    """The sections of params.yaml the align stage reads (the model's resolution sets the crop size)."""
+
+    align: AlignParams = AlignParams()
+    model: ModelParams = ModelParams()
 
 
 def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndarray:
@@ -121,7 +130,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    settings = load_params(params)
+    settings = read_params(params, AlignView)
     counts = align_video(extract_dir, out_dir, settings.align, settings.model.crop_size, progress=not quiet,
                          run_id=cli_run_id(os.environ))
     if not quiet:

@@ -1,7 +1,8 @@
 """Apply one edit to a video: edit the identity once, decode every frame from its cached noise map.
 
-The edited identity `z'` comes from the edit spec (classifier directions, a text prompt through
-CLIP, or a reference face / anonymisation). Every face frame is decoded from the noise map of
+The edited identity `z'` comes from the edit's kind (pipeline/editing/kinds/: classifier directions, a
+text prompt through CLIP, a reference face / anonymisation; motion and expression edits keep it and
+change the motion codes instead). Every face frame is decoded from the noise map of
 `dva invert` with `z_face(z', z_lnd[n])`, then blended over the source crop with a feathered mask
 that is the union of the original and the edited face regions, so the background stays the source.
 
@@ -10,14 +11,14 @@ blend masks, `baseline.npy` / `baseline_alpha.npy` (the same edit applied to eac
 identity instead of the video's: the per-frame baseline that evaluate compares against) and
 `edit.json` (spec, edited identity, identity similarities; for motion edits the driver and the driver
 frame matched to each frame) and `landmarks.npy` (N, 102), the motion codes every frame was decoded
-with: the video's own, or for motion and expression edits the driven or shifted ones (pipeline/editing/driving.py).
+with: the video's own, or for motion and expression edits the driven or shifted ones (each kind's
+`motion_codes`, pipeline/editing/kinds/).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -27,30 +28,19 @@ import typer
 
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.device import resolve_device
-from pipeline.core.errors import DvaError, InputError
+from pipeline.core.errors import DvaError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import (
-    ClassifierEdit,
-    EditSpec,
-    ExpressionEdit,
-    MotionEdit,
-    Params,
-    ReferenceEdit,
-    TextEdit,
-    load_params,
-)
 from pipeline.core.progress import progress_bar
 from pipeline.editing.compositing import blend, edit_blend_mask
-from pipeline.editing.driving import MotionInputs, edit_landmark_codes, motion_lineage_inputs, stage_output_drivers
-from pipeline.editing.editing import AttributeClassifier, classifier_edit, reference_edit
-from pipeline.faces.face_detection import make_landmark_detector
-from pipeline.faces.identity import identity_encoder_from_params, l2_normalise
-from pipeline.faces.still_faces import reference_identity
+from pipeline.editing.driving import MotionInputs, stage_output_drivers
+from pipeline.editing.kinds import FirstFrame, IdentityContext, MotionContext
+from pipeline.faces.identity import l2_normalise
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.checkpoint import load_model
 from pipeline.model.diffusion import DDIMScheduler
-from pipeline.model.inversion import decode_frames, face_codes, prepare_model, to_model_images, to_uint8_crops
-from pipeline.model.unet import DiffusionVideoAutoencoder
+from pipeline.model.inversion import decode_frames, face_codes, prepare_model, to_uint8_crops
+from pipeline.model.samplers import sampler_from_config
+from pipeline.params import Params, load_params
 from pipeline.runs.artifacts import (
     ALPHA_FILE,
     BASELINE_ALPHA_FILE,
@@ -63,73 +53,6 @@ from pipeline.runs.artifacts import (
     read_inversion,
 )
 from pipeline.runs.lineage import cli_run_id, write_lineage
-from pipeline.runs.store import edit_input_files, edit_weight_files
-
-IdentityEdit = Callable[[np.ndarray], np.ndarray]
-
-
-def identity_edit(
-    name: str,
-    spec: EditSpec,
-    params: Params,
-    model: DiffusionVideoAutoencoder,
-    video_identity: np.ndarray,
-    first_frame: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    device: torch.device,
-    progress: bool,
-) -> tuple[IdentityEdit, dict]:
-    """The function that edits one identity code, and facts about it for the record.
-
-    `first_frame` is (crop, landmark feature, face mask, identity) of the first face frame, used by
-    the text edit, which optimises its direction on that frame as the paper does.
-    """
-    if isinstance(spec, ClassifierEdit):
-        path = Path(spec.classifier)
-        if not path.is_file():
-            raise InputError(path, "attribute classifier not found (run `dva fit-classifiers` first)")
-        classifier = AttributeClassifier.load(path)
-        if classifier.dim != len(video_identity):
-            raise InputError(path, f"classifier is for {classifier.dim}-d codes, the video has {len(video_identity)}-d")
-        try:
-            classifier_edit(video_identity, classifier, spec.attributes)
-        except ValueError as exc:
-            raise DvaError(f"{path}: {exc}") from None
-        return (lambda z: classifier_edit(z, classifier, spec.attributes)), {"classifier_sha256": sha256_file(path)}
-    if isinstance(spec, ReferenceEdit):
-        if spec.away:
-            own = video_identity
-            return (lambda z: reference_edit(z, own, spec.strength, away=True, seed=spec.seed)), {}
-        detector = make_landmark_detector(
-            params.align.backend, params.align.fan_weights, params.align.detector_upsample,
-            params.align.detection_threshold,
-        )
-        encoder = identity_encoder_from_params(params.encode)
-        target = reference_identity(Path(spec.reference), detector, encoder, model.config.resolution)
-        facts = {"reference_sha256": sha256_file(Path(spec.reference)), "reference_identity": target.tolist()}
-        return (lambda z: reference_edit(z, target, spec.strength, away=False)), facts
-    if isinstance(spec, MotionEdit | ExpressionEdit):
-        # These edit the motion codes (pipeline/editing/driving.py); the identity stays the video's.
-        return (lambda z: z), {}
-    return _text_edit(name, spec, model, first_frame, device, progress)
-
-
-def _text_edit(name: str, spec: TextEdit, model, first_frame, device, progress) -> tuple[IdentityEdit, dict]:
-    from pipeline.editing.text_edit import apply_text_direction, invert_to_t_start, load_clip, optimise_text_direction
-
-    clip_model, tokenizer = load_clip(spec.clip_model, spec.clip_weights, param_name=f"edits.{name}.clip_weights",
-                                      device=device)
-    crop, landmarks, mask, identity = first_frame
-    scheduler = DDIMScheduler.from_settings(model.sampler)
-    # As in the reference, the direction is found on the first frame with that frame's own identity, and
-    # the L1 term guards the face region (the align stage's face mask: no face parser is at hand here).
-    x_start = invert_to_t_start(model, scheduler, to_model_images(crop[None], device), identity, landmarks, spec)
-    face = torch.from_numpy(mask.astype(np.float32) / 255).to(device)
-    dz, losses = optimise_text_direction(
-        model, scheduler, clip_model, tokenizer, x_start, identity, landmarks, spec, face, progress
-    )
-    facts = {"clip_weights_sha256": sha256_file(Path(spec.clip_weights)), "loss_first": losses[1] if len(losses) > 1
-             else losses[0], "loss_last": losses[-1]}
-    return (lambda z: apply_text_direction(z, dz, spec.scale)), facts
 
 
 def edit_video(
@@ -180,18 +103,22 @@ def edit_videos(
     crops, masks, noise, recon = aligned.crops, aligned.masks, inversion.noise, inversion.reconstruction
     status, frame_identities, landmarks = features.status, features.identities, features.landmarks
     video_identity, invert_meta = features.video_identity, inversion.metadata
-    steps = int(invert_meta["steps"])
-    # Decode with the inversion's own sampler: BDIA's state only decodes exactly with BDIA and its gamma.
-    # Inversions written before the sampler was recorded are DDIM.
-    sampling = (invert_meta.get("sampler", "ddim"), float(invert_meta.get("bdia_gamma", 1.0)))
-    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    valid = np.array([state != NO_FACE for state in status])
+    frames = np.flatnonzero(valid)
     first = int(frames[0])
-    first_frame = (np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]), frame_identities[first])
-    edits = {name: identity_edit(name, params.edits[name], params, model, video_identity, first_frame, device,
-                                 progress) for name in out_dirs}
+    first_frame = FirstFrame(np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]),
+                             frame_identities[first])
+    edits = {name: params.edits[name].identity_edit(IdentityContext(
+        name, model, video_identity, first_frame, device, params.align, params.encode, progress)) for name in out_dirs}
     edited_identities = {name: edit_one(video_identity) for name, (edit_one, _) in edits.items()}
-    codes = {name: edit_landmark_codes(name, params.edits[name], encode_dir, motion) for name in out_dirs}
-    scheduler = DDIMScheduler.from_settings(model.sampler)
+    landmark_backend = features.metadata.get("landmark_feature_backend")
+    codes = {name: params.edits[name].motion_codes(MotionContext(name, landmarks, valid, landmark_backend, motion))
+             for name in out_dirs}
+    # Decode with the inversion's own sampler: BDIA's state only decodes exactly with BDIA and its gamma.
+    try:
+        sampler = sampler_from_config(DDIMScheduler.from_settings(model.sampler), invert_meta)
+    except (KeyError, ValueError) as exc:
+        raise DvaError(f"{invert_dir}: the inversion's sampler record is unusable ({exc})") from None
     count, size = len(status), crops.shape[1]
     # Each batch decodes len(frames) x len(streams) images; keep that within batch_size.
     streams = [(name, kind) for name in out_dirs for kind in (("edited", "baseline") if baseline else ("edited",))]
@@ -219,8 +146,8 @@ def edit_videos(
             with torch.inference_mode():
                 z_face = face_codes(model, np.concatenate(identities),
                                     np.concatenate([codes[name][0][rows] for name, _ in streams]), device)
-            decoded = to_uint8_crops(decode_frames(model, scheduler, torch.cat([latents] * len(streams)), z_face,
-                                                   steps, settings, *sampling))
+            decoded = to_uint8_crops(decode_frames(model, sampler, torch.cat([latents] * len(streams)), z_face,
+                                                   settings))
             for stream, key in enumerate(streams):
                 images, alphas = outputs[key]
                 for offset, row in enumerate(rows):
@@ -240,8 +167,7 @@ def edit_videos(
             infos[name] = {
                 "name": name,
                 "spec": spec.model_dump(),
-                "steps": steps,
-                "sampler": sampling[0],
+                "sampler": sampler.config(),
                 "checkpoint_sha256": checkpoint_sha256,
                 "video_identity": video_identity.tolist(),
                 "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
@@ -250,10 +176,10 @@ def edit_videos(
             (works[name] / EDIT_INFO_FILE).write_text(json.dumps(infos[name], indent=2) + "\n")
             np.save(works[name] / EDIT_LANDMARKS_FILE, codes[name][0])
             write_lineage(works[name], out_dir, stage="edit",
-                          inputs=[align_dir, encode_dir, invert_dir, *edit_input_files(spec),
-                                  *motion_lineage_inputs(name, spec, motion)],
+                          inputs=[align_dir, encode_dir, invert_dir, *spec.input_files(),
+                                  *spec.motion_lineage_inputs(name, motion)],
                           params={"edit": settings, "edits": {name: spec}, "baseline": baseline},
-                          weights={"autoencoder": Path(checkpoint)} | edit_weight_files(spec), run_id=run_id)
+                          weights={"autoencoder": Path(checkpoint)} | spec.weight_files(), run_id=run_id)
     return infos
 
 
@@ -280,7 +206,10 @@ def cli(
     settings = load_params(params)
     motion = None
     if extract_dir is not None:
-        motion = MotionInputs(extract_dir, stage_output_drivers([name], settings, data_root))
+        spec = settings.edits.get(name)
+        driven = {name: spec.driven_by()} if spec is not None and spec.driven_by() else {}
+        files = settings.video_files()
+        motion = MotionInputs(extract_dir, stage_output_drivers(driven, files["drivers"], files["videos"], data_root))
     info = edit_video(name, settings, checkpoint, align_dir, encode_dir, invert_dir, out_dir,
                       baseline=baseline, progress=not quiet, run_id=cli_run_id(os.environ), motion=motion)
     if not quiet:

@@ -17,17 +17,24 @@ import pyarrow as pa
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
-from pipeline.core.params import EncodeParams, load_params
+from pipeline.core.config import ParamsView, read_params
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import vector_column, write_table
 from pipeline.faces.alignment import LANDMARK_FEATURE_DIM, landmark_feature
 from pipeline.faces.identity import identity_encoder_from_params, l2_normalise
 from pipeline.faces.networks.face_encoder import CropNetwork
+from pipeline.faces.settings import EncodeParams
 from pipeline.faces.tracking import NO_FACE, OK
 from pipeline.runs.artifacts import FEATURES_FILE, open_crops, read_alignment
 from pipeline.runs.lineage import cli_run_id, write_lineage
 
 BATCH = 32
+
+
+class EncodeView(ParamsView):
+    """The sections of params.yaml the encode stage reads."""
+
+    encode: EncodeParams = EncodeParams()
 
 
 class DlibLandmarkFeatures:
@@ -113,6 +120,6 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    encode_video(align_dir, out_dir, load_params(params).encode, progress=not quiet, run_id=cli_run_id(os.environ))
+    encode_video(align_dir, out_dir, read_params(params, EncodeView).encode, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{align_dir}: features -> {out_dir}")

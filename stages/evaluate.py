@@ -23,16 +23,19 @@ import pandas as pd
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.config import ParamsView, read_params
 from pipeline.core.errors import InputError
-from pipeline.core.params import AlignParams, EncodeParams, load_params
 from pipeline.core.progress import progress_bar
+from pipeline.editing.kinds import parse_edit
 from pipeline.editing.motion import feature_to_crop_fraction, landmark_errors
 from pipeline.evaluation.identity_metrics import temporal_identity_consistency
 from pipeline.evaluation.landmark_metrics import detect_crop_landmarks, follow_summary
 from pipeline.faces.face_detection import make_landmark_detector
 from pipeline.faces.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
+from pipeline.faces.settings import AlignParams, EncodeParams
 from pipeline.faces.tracking import NO_FACE
 from pipeline.runs.artifacts import (
+    EDIT_INFO_FILE,
     EDIT_LANDMARKS_FILE,
     read_alignment,
     read_edit,
@@ -47,6 +50,13 @@ METRICS_FILE = "metrics.json"
 PLOT_FILE = "identity.csv"
 LANDMARK_PLOT_FILE = "landmarks.csv"
 BATCH = 32
+
+
+class EvaluateView(ParamsView):
+    """The sections of params.yaml the evaluate stage reads."""
+
+    encode: EncodeParams = EncodeParams()
+    align: AlignParams = AlignParams()
 
 
 def embed_crops(
@@ -97,15 +107,16 @@ def evaluate_edit(
         if crops is not None
     }
     info = edit.info
+    # What the edit's kind compares its frames with besides the source (a reference edit: the reference face).
+    targets = parse_edit(info["spec"], f"{edit_dir}/{EDIT_INFO_FILE}").identity_targets(info)
     metrics: dict = {"frames": int(len(frames))}
     plot = pd.DataFrame({"frame": frames})
     for name, embedded in codes.items():
         similarity = l2_normalise(embedded) @ video_identity
         metrics[name] = _consistency(source, embedded) | {"id_sim_source": float(similarity.mean())}
         plot[name] = similarity
-        if "reference_identity" in info:
-            reference = np.asarray(info["reference_identity"], dtype=np.float32)
-            metrics[name]["id_sim_reference"] = float((l2_normalise(embedded) @ reference).mean())
+        for target, code in targets.items():
+            metrics[name][f"id_sim_{target}"] = float((l2_normalise(embedded) @ code).mean())
     metrics["edit"]["background_psnr"] = render["background_psnr_mean"]
     metrics["edit"]["background_psnr_min"] = render["background_psnr_min"]
     metrics["edit"]["code_cosine_to_source"] = info["identity_cosine_to_source"]
@@ -139,7 +150,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    settings = load_params(params)
+    settings = read_params(params, EvaluateView)
     metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir, settings.encode,
                             progress=not quiet, run_id=cli_run_id(os.environ), align=settings.align)
     if not quiet:

@@ -15,12 +15,19 @@ import pyarrow as pa
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
-from pipeline.core.params import load_params
+from pipeline.core.config import ParamsView, read_params
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import write_table
 from pipeline.runs.artifacts import AUDIO_FILE, FRAME_TABLE_FILE, FRAMES_FILE, META_FILE
 from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.settings import ExtractParams
 from pipeline.video.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
+
+
+class ExtractView(ParamsView):
+    """The sections of params.yaml the extract stage reads."""
+
+    extract: ExtractParams = ExtractParams()
 
 
 def extract_video(
@@ -67,7 +74,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    limit = max_frames if max_frames is not None else load_params(params).extract.max_frames
+    limit = max_frames if max_frames is not None else read_params(params, ExtractView).extract.max_frames
     meta = extract_video(video, out_dir, limit, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{video}: {meta.frame_count} frames {meta.width}x{meta.height} @ {meta.fps:.3f} fps -> {out_dir}")

@@ -19,16 +19,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import typer
+from pydantic import field_validator
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.config import ParamsView, read_params
 from pipeline.core.errors import DvaError, InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import AlignParams, EncodeParams, FitClassifiersParams, load_params
 from pipeline.core.progress import progress_bar
 from pipeline.editing.classifiers import IMAGE_COLUMN, fit_attribute_classifiers, read_label_table
+from pipeline.editing.settings import FitClassifiersParams, check_label_paths
 from pipeline.faces.face_detection import make_landmark_detector
 from pipeline.faces.identity import identity_encoder_from_params
+from pipeline.faces.settings import AlignParams, EncodeParams
 from pipeline.faces.still_faces import align_still, read_image
+from pipeline.model.settings import ModelParams
 from pipeline.runs.lineage import cli_run_id, write_lineage
 
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -36,6 +40,20 @@ CARD_FILE = "card.json"
 METRICS_FILE = "metrics.json"
 # The card names a few skipped images so a surprising skip count can be checked by eye.
 SKIPPED_EXAMPLES = 20
+
+
+class FitClassifiersView(ParamsView):
+    """The sections of params.yaml the fit_classifiers stage reads."""
+
+    fit_classifiers: FitClassifiersParams = FitClassifiersParams()
+    align: AlignParams = AlignParams()
+    encode: EncodeParams = EncodeParams()
+    model: ModelParams = ModelParams()
+
+    @field_validator("fit_classifiers")
+    @classmethod
+    def _label_paths_inside_data(cls, value: FitClassifiersParams) -> FitClassifiersParams:
+        return check_label_paths(value)
 
 
 def _image_paths(table: pd.DataFrame, labels: Path, images: str | None) -> list[Path]:
@@ -149,7 +167,7 @@ def cli(
     labels: Path = typer.Option(None, "--labels", help="Override fit_classifiers.labels (the label table)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    settings = load_params(params)
+    settings = read_params(params, FitClassifiersView)
     section = settings.fit_classifiers
     if labels is not None:
         section = section.model_copy(update={"labels": str(labels)})

@@ -1,11 +1,11 @@
 """Invert every aligned frame of a video to its noise map, once, for all later edits.
 
 Conditioning: the video's mean identity and each frame's landmark feature. The sampler is
-`invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/model/diffusion.py). Outputs in
+`invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/model/samplers.py). Outputs in
 OUT_DIR: `noise.npy`, float32, zeros for no_face frames: the sampler's state per frame, (N, 3, R, R)
 noise maps `x_T` for DDIM, (N, 2, 3, R, R) `x_T` and the latent of the second timestep for BDIA;
 `recon.npy` (N, R, R, 3) uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise
-std; its metadata names the sampler, steps and gamma every edit decodes with) and `metrics.json`
+std; its metadata holds the sampler's config, which every edit decodes with) and `metrics.json`
 (means over the face frames: psnr, ssim, noise_std; DVC metrics).
 """
 
@@ -22,16 +22,17 @@ import typer
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.config import ParamsView, override_params, read_params
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import InvertParams, load_params, override_params
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import write_table
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.checkpoint import load_model
-from pipeline.model.diffusion import DDIMScheduler, noise_maps, state_shape
+from pipeline.model.diffusion import DDIMScheduler
 from pipeline.model.inversion import (
+    InvertParams,
     decode_frames,
     face_codes,
     invert_frames,
@@ -48,6 +49,12 @@ from pipeline.runs.artifacts import (
     read_features,
 )
 from pipeline.runs.lineage import cli_run_id, write_lineage
+
+
+class InvertView(ParamsView):
+    """The sections of params.yaml the invert stage reads."""
+
+    invert: InvertParams = InvertParams()
 
 
 def frame_quality(reference: np.ndarray, decoded: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -88,27 +95,25 @@ def invert_video(
     if landmarks_by != model_meta.get("landmark_encoder", landmarks_by):
         raise InputError(encode_dir, f"landmark features from {landmarks_by}, the model expects "
                          f"{model_meta['landmark_encoder']} (set encode.landmark_backend)")
-    scheduler = DDIMScheduler.from_settings(model.sampler)
+    sampler = params.build_sampler(DDIMScheduler.from_settings(model.sampler))
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
     count, size = len(status), crops.shape[1]
     psnr, ssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(3))
     batches = [frames[start : start + params.batch_size] for start in range(0, len(frames), params.batch_size)]
     with atomic_output_dir(out_dir) as work:
         noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32,
-                                          shape=(count, *state_shape(params.sampler, (3, size, size))))
+                                          shape=(count, *sampler.state_shape((3, size, size))))
         recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
-        sampling = (params.sampler, params.effective_bdia_gamma)
         for rows in progress_bar(batches, enabled=progress, total=len(batches),
                                  desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
             z_face = face_codes(model, identity, landmarks[rows], device)
-            state = invert_frames(model, scheduler, to_model_images(source, device), z_face, params.steps, params,
-                                  *sampling)
-            decoded = decode_frames(model, scheduler, state, z_face, params.steps, params, *sampling)
+            state = invert_frames(model, sampler, to_model_images(source, device), z_face, params)
+            decoded = decode_frames(model, sampler, state, z_face, params)
             noise[rows] = state.cpu().numpy()
             recon[rows] = to_uint8_crops(decoded)
             psnr[rows], ssim[rows] = frame_quality(source, decoded)
-            noise_std[rows] = noise_maps(state, params.sampler).flatten(1).std(dim=1).cpu().numpy()
+            noise_std[rows] = sampler.noise_maps(state).flatten(1).std(dim=1).cpu().numpy()
         noise.flush()
         recon.flush()
         del noise, recon
@@ -130,8 +135,8 @@ def invert_video(
                 "ssim": pa.array(ssim),
                 "noise_std": pa.array(noise_std),
             },
-            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "steps": params.steps, "sampler": params.sampler,
-             "bdia_gamma": params.effective_bdia_gamma, "video_identity": identity.tolist()},
+            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "video_identity": identity.tolist()}
+            | sampler.config(),
         )
         (work / INVERT_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_lineage(work, out_dir, stage="invert", inputs=[align_dir, encode_dir], params={"invert": params},
@@ -148,7 +153,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    settings = load_params(params)
+    settings = read_params(params, InvertView)
     if steps is not None:
         settings = override_params(settings, "invert", "--steps", steps=steps)
     settings = settings.invert

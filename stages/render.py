@@ -20,7 +20,7 @@ import numpy as np
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
-from pipeline.core.params import RenderParams, load_params
+from pipeline.core.config import ParamsView, read_params
 from pipeline.core.progress import progress_bar
 from pipeline.editing.compositing import dilated_face_region, paste_back
 from pipeline.evaluation.identity_metrics import masked_psnr
@@ -42,11 +42,18 @@ from pipeline.runs.artifacts import (
     require_artifact,
 )
 from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.settings import RenderParams
 from pipeline.video.video_io import VideoEncoder, VideoMeta, read_lossless_frames
 
 # The background is scored outside the face mask grown by this fraction of the crop size,
 # past the reach the edit stage allows a blend mask (edit.region_dilation plus feathering).
 BACKGROUND_DILATION = 0.25
+
+
+class RenderView(ParamsView):
+    """The sections of params.yaml the render stage reads."""
+
+    render: RenderParams = RenderParams()
 
 
 def contact_sheet(rows: list[np.ndarray], columns: list[int]) -> np.ndarray:
@@ -134,7 +141,7 @@ def cli(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     metrics = render_video(extract_dir, align_dir, invert_dir, edit_dir, out_dir,
-                           load_params(params).render, progress=not quiet, run_id=cli_run_id(os.environ))
+                           read_params(params, RenderView).render, progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{out_dir / VIDEO_FILE}: {metrics['frames']} frames, background PSNR "
                    f"{metrics['background_psnr_mean']} dB")

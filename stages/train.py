@@ -16,24 +16,50 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
+from pydantic import field_validator, model_validator
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.config import ParamsView, override_params, read_params
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import Params, load_params, override_params
 from pipeline.core.progress import progress_bar
 from pipeline.faces.networks.face_encoder import load_face_parser
 from pipeline.faces.networks.face_parsing import FaceParser, parsing_face_mask
 from pipeline.faces.networks.landmark_net import INPUT_SIZE as LANDMARK_INPUT_SIZE
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model import checkpoint
+from pipeline.model.settings import ModelParams, TrainParams, check_train_videos, training_videos
 from pipeline.model.training import TrainingClip, build_config, build_sampler, train
 from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
 from pipeline.runs.artifacts import CROPS_FILE, FEATURES_FILE, MASKS_FILE, MODEL_FILE, open_crops, read_features
 from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.settings import VideoParams, check_video_ids
 
 PARSE_BATCH = 16
+
+
+class TrainView(ParamsView):
+    """The sections of params.yaml the train stage reads."""
+
+    videos: dict[str, VideoParams] = {}
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+
+    @field_validator("videos")
+    @classmethod
+    def _video_ids(cls, value: dict[str, VideoParams]) -> dict[str, VideoParams]:
+        return check_video_ids(value)
+
+    @model_validator(mode="after")
+    def _train_videos_known(self) -> "TrainView":
+        check_train_videos(self.train, self.videos)
+        return self
+
+    @property
+    def train_videos(self) -> list[str]:
+        """Videos the autoencoder trains on (all listed videos unless `train.videos` says otherwise)."""
+        return training_videos(self.train, self.videos)
 
 
 def load_clip(
@@ -72,7 +98,7 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def train_autoencoder(
-    params: Params,
+    params: TrainView,
     data_root: Path,
     out_dir: Path,
     state_file: Path,
@@ -176,7 +202,7 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    settings = load_params(params)
+    settings = read_params(params, TrainView)
     if steps is not None:
         settings = override_params(settings, "train", "--steps", steps=steps)
     summary = train_autoencoder(settings, data_root, out_dir, state_file, progress=not quiet, quiet=quiet,

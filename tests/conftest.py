@@ -50,7 +50,7 @@ def sample_extract(sample_clip, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_align(sample_extract) -> Path:
-    from pipeline.core.params import AlignParams
+    from pipeline.faces.settings import AlignParams
     from stages.align import align_video
 
     out = sample_extract.parent / "align"
@@ -60,7 +60,7 @@ def sample_align(sample_extract) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_run(sample_extract, sample_align) -> SampleRun:
-    from pipeline.core.params import EncodeParams
+    from pipeline.faces.settings import EncodeParams
     from stages.encode import encode_video
 
     out = sample_extract.parent / "encode"
@@ -221,7 +221,7 @@ class MicroModel:
         """Validated `Params` of the micro model with whole top-level sections replaced or added."""
         import copy
 
-        from pipeline.core.params import parse_params
+        from pipeline.params import parse_params
 
         return parse_params(copy.deepcopy(self.params) | copy.deepcopy(sections))
 

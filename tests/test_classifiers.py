@@ -77,3 +77,102 @@ def test_malformed_tables(tmp_path, name, text, problem):
         read_label_table(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier files that cannot be used: one InputError naming the file, whatever is wrong with it.
+
+
+def _good_classifier():
+    from pipeline.editing.editing import AttributeClassifier
+
+    rng = np.random.default_rng(0)
+    return AttributeClassifier(["glasses", "beard"], rng.normal(size=(2, 8)), np.zeros(2), np.zeros(8), np.ones(8))
+
+
+def _tensors(**changes):
+    clf = _good_classifier()
+    return {"weights": clf.weights, "bias": clf.bias, "mean": clf.mean, "std": clf.std} | changes
+
+
+def _write(path, tensors, attributes='["glasses", "beard"]'):
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=None if attributes is None else {"attributes": attributes})
+
+
+def _random_bytes(path):
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _truncated(path):
+    _good_classifier().save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _other_tensors(path):
+    _write(path, {"unet.out.weight": np.zeros((3, 3), np.float32)})
+
+
+def _wrong_shape(path):
+    _write(path, _tensors(bias=np.zeros(3, np.float32)))
+
+
+def _nan(path):
+    weights = _good_classifier().weights.copy()
+    weights[1, 3] = np.nan
+    _write(path, _tensors(weights=weights))
+
+
+def _no_names(path):
+    _write(path, _tensors(), attributes=None)
+
+
+def _names_not_a_list(path):
+    _write(path, _tensors(), attributes="glasses, beard")
+
+
+def _zero_std(path):
+    _write(path, _tensors(std=np.zeros(8, np.float32)))
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (_random_bytes, "not a readable safetensors file"),
+        (_empty, "not a readable safetensors file"),
+        (_truncated, "not a readable safetensors file"),
+        (_other_tensors, r"missing tensors \['weights', 'bias', 'mean', 'std'\] \(found \['unet.out.weight'\]\)"),
+        (_wrong_shape, r"bias must have shape \(2,\); got \(3,\)"),
+        (_nan, r"tensors \['weights'\] hold NaN"),
+        (_no_names, "no 'attributes' list"),
+        (_names_not_a_list, "no 'attributes' list"),
+        (_zero_std, "std must be positive"),
+    ],
+    ids=["random bytes", "empty", "truncated", "other tensors", "wrong shape", "nan", "no names",
+         "names not a list", "zero std"],
+)
+def test_unusable_classifier_file_is_an_input_error_naming_it(tmp_path, make, problem):
+    from pipeline.core.errors import InputError
+    from pipeline.editing.editing import AttributeClassifier
+
+    path = tmp_path / "classifier.safetensors"
+    make(path)
+    with pytest.raises(InputError, match=problem) as info:
+        AttributeClassifier.load(path)
+    message = str(info.value)
+    assert info.value.path == path and message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_missing_classifier_file_is_an_input_error(tmp_path):
+    from pipeline.core.errors import InputError
+    from pipeline.editing.editing import AttributeClassifier
+
+    with pytest.raises(InputError, match="not found") as info:
+        AttributeClassifier.load(tmp_path / "absent.safetensors")
+    assert info.value.path == tmp_path / "absent.safetensors"

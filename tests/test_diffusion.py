@@ -4,19 +4,25 @@ import math
 import pytest
 import torch
 
-from pipeline.model.diffusion import (
-    REFERENCE_SAMPLER,
-    DDIMScheduler,
-    SamplerSettings,
-    ddim_invert,
-    ddim_sample,
-    evaluations,
-    invert,
-    noise_maps,
-    sample,
-    state_shape,
-)
+from pipeline.model.diffusion import REFERENCE_SAMPLER, DDIMScheduler, SamplerSettings
+from pipeline.model.samplers import BDIASampler, DDIMSampler, build_sampler, sampler_from_config, timestep_grid
 from pipeline.model.unet import DiffusionVideoAutoencoder, tiny
+
+
+def invert(eps_fn, x0, scheduler, steps, name="ddim", gamma=None):
+    return build_sampler(scheduler, name, steps, bdia_gamma=gamma).invert(eps_fn, x0)
+
+
+def sample(eps_fn, state, scheduler, steps, name="ddim", gamma=None):
+    return build_sampler(scheduler, name, steps, bdia_gamma=gamma).sample(eps_fn, state)
+
+
+def ddim_invert(eps_fn, x0, scheduler, steps):
+    return DDIMSampler.on_grid(scheduler, steps).invert(eps_fn, x0)
+
+
+def ddim_sample(eps_fn, x_T, scheduler, steps, progress=False):
+    return DDIMSampler.on_grid(scheduler, steps).sample(eps_fn, x_T, progress)
 
 
 @pytest.fixture
@@ -42,12 +48,23 @@ def test_alphas_cumprod_golden_values(scheduler):
 
 
 def test_timesteps(scheduler):
-    ts = scheduler.timesteps(50)
+    ts = DDIMSampler.on_grid(scheduler, 50).timesteps
     assert ts == list(range(980, -1, -20))
-    assert scheduler.timesteps(1000) == list(range(999, -1, -1))
-    assert scheduler.timesteps(3) == [666, 333, 0]
+    assert DDIMSampler.on_grid(scheduler, 1000).timesteps == list(range(999, -1, -1))
+    assert DDIMSampler.on_grid(scheduler, 3).timesteps == [666, 333, 0]
     with pytest.raises(ValueError):
-        scheduler.timesteps(0)
+        timestep_grid(0)
+
+
+def test_the_stride_rule_is_the_references():
+    # S = 30: stride 34 (range(0, 1000, 33) has 31 elements); S = 7: stride 143; S = 1000 / S where S divides.
+    assert timestep_grid(30, "stride") == list(range(0, 1000, 34))
+    assert timestep_grid(7, "stride") == [0, 143, 286, 429, 572, 715, 858]
+    assert timestep_grid(50, "stride") == timestep_grid(50, "even") == list(range(0, 1000, 20))
+    # No stride gives 1 step (the smallest stride tried is T - 1, giving 2) or 37.
+    for steps in (1, 37):
+        with pytest.raises(ValueError, match="nearest usable count"):
+            timestep_grid(steps, "stride")
 
 
 def test_add_noise_predict_x0_consistent(scheduler):
@@ -190,7 +207,7 @@ def test_bdia_invert_then_sample_is_exact_with_a_random_unet(settings, dtype, at
             x0_pred = scheduler.predict_x0(x, model(x, torch.full((2,), t), z_face), torch.full((2,), t))
             clipped.append(bool((x0_pred.abs() > 1).any()))
     assert state.shape == (2, 2, 3, 32, 32) and state.dtype == dtype
-    torch.testing.assert_close(noise_maps(state, "bdia"), state[:, 0])
+    torch.testing.assert_close(BDIASampler.on_grid(scheduler, 10).noise_maps(state), state[:, 0])
     first = settings.inversion_start == "clean"
     # Inversion: the clean image (DDIM start, only with inversion_start "clean"), then 0, 100, ..., 800.
     assert [t for _, t in inverted] == [0] * first + list(range(0, 900, 100))
@@ -198,8 +215,9 @@ def test_bdia_invert_then_sample_is_exact_with_a_random_unet(settings, dtype, at
     assert [t for _, t in calls[:9]] == list(range(800, -1, -100))
     for (x_inv, _), (x_dec, _) in zip(inverted[first:][::-1], calls[:9]):
         torch.testing.assert_close(x_dec, x_inv, atol=atol, rtol=0)
-    assert evaluations(scheduler, 10, "bdia") == (9 + first, 9)
-    assert evaluations(scheduler, 10, "ddim") == (9 + first, 10)
+    # Evaluations per frame: (first edit = inversion + one decoding, each further edit).
+    assert BDIASampler.on_grid(scheduler, 10).evaluations() == (9 + first + 9, 9)
+    assert DDIMSampler.on_grid(scheduler, 10).evaluations() == (9 + first + 10, 10)
     torch.testing.assert_close(x_rec, x0, atol=atol, rtol=0)
     assert (ddim - x0).abs().max() > 0.5
     # The replayed evaluations predicted clean images outside [-1, 1]: under the reference's
@@ -237,8 +255,10 @@ def test_bdia_decoding_with_new_codes_lands_where_they_lead_only_when_damped(sch
     change = (image_b - image_a).abs().mean()
     miss = {}
     for gamma in (1.0, 0.5):
-        state = invert(point_mass_denoiser(scheduler, image_a), image_a, scheduler, steps, "bdia", gamma)
-        decoded = sample(point_mass_denoiser(scheduler, image_b), state, scheduler, steps, "bdia", gamma)
+        # float64 throughout: the round-off bound that guards float32 inversions does not apply.
+        sampler = BDIASampler.on_grid(scheduler, steps, gamma=gamma, max_amplification=math.inf)
+        state = sampler.invert(point_mass_denoiser(scheduler, image_a), image_a)
+        decoded = sampler.sample(point_mass_denoiser(scheduler, image_b), state)
         miss[gamma] = float((decoded - image_b).abs().mean() / change)
     ddim_state = invert(point_mass_denoiser(scheduler, image_a), image_a, scheduler, steps)
     torch.testing.assert_close(sample(point_mass_denoiser(scheduler, image_b), ddim_state, scheduler, steps), image_b)
@@ -256,4 +276,18 @@ def test_bdia_needs_two_steps_and_samplers_are_named(scheduler):
         sample(lambda x, t: x, x, scheduler, 5, "euler")
     with pytest.raises(ValueError, match="t_next > t > t_prev"):
         scheduler.bdia_step(x, 100, 200, 0, x, x)
-    assert state_shape("ddim", (3, 8, 8)) == (3, 8, 8) and state_shape("bdia", (3, 8, 8)) == (2, 3, 8, 8)
+    assert DDIMSampler.on_grid(scheduler, 5).state_shape((3, 8, 8)) == (3, 8, 8)
+    assert BDIASampler.on_grid(scheduler, 5).state_shape((3, 8, 8)) == (2, 3, 8, 8)
+
+
+def test_a_sampler_is_rebuilt_from_the_config_an_inversion_saves(scheduler):
+    sampler = build_sampler(scheduler, "bdia", 7, "stride")
+    config = sampler.config()
+    assert config == {"sampler": "bdia", "steps": 7, "timestep_spacing": "stride",
+                      "timesteps": [0, 143, 286, 429, 572, 715, 858], "bdia_gamma": 0.5}
+    rebuilt = sampler_from_config(scheduler, config)
+    assert type(rebuilt) is BDIASampler and rebuilt.config() == config
+    # Inversions written before the sampler was recorded are DDIM on the even grid.
+    assert sampler_from_config(scheduler, {"steps": 10}).config()["timesteps"] == list(range(0, 1000, 100))
+    with pytest.raises(ValueError, match="differ"):
+        sampler_from_config(scheduler, config | {"timesteps": [0, 100]})

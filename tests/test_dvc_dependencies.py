@@ -5,54 +5,16 @@ change to any of them makes `dvc status` report the stage as changed."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.runs.code_deps import code_files
+from pipeline.runs.code_deps import imported_modules as _imported_modules
 from stages.cli import STAGE_MODULES
 
 from .conftest import REPO_ROOT
-
-PROJECT_PACKAGES = ("pipeline", "stages", "workflows")
-
-
-def _module_file(name: str) -> Path | None:
-    """The source file of a project module (`pipeline.x` or a package's `__init__.py`)."""
-    base = REPO_ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Project modules named by the import statements of one file (`from pkg import mod` counts `pkg.mod`)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {name for name in names if name.split(".")[0] in PROJECT_PACKAGES and _module_file(name)}
-
-
-def code_files(module: str) -> set[Path]:
-    """Every project source file `module` runs, following imports transitively (packages' __init__ too)."""
-    seen: set[Path] = set()
-    pending = [module]
-    while pending:
-        name = pending.pop()
-        parts = name.split(".")
-        for depth in range(1, len(parts) + 1):
-            path = _module_file(".".join(parts[:depth]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                pending += sorted(_imported_modules(path))
-    return {path.relative_to(REPO_ROOT) for path in seen}
-
 
 def _stages() -> dict[str, dict]:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -108,3 +70,65 @@ def test_stages_never_import_each_other():
         if imported:
             offenders[path.name] = sorted(imported)
     assert offenders == {}
+
+
+# The layers inside pipeline/, lowest first: a module may import its own layer's modules and lower layers'.
+# `pipeline/params.py` composes every concern's sections into the whole params file, so it sits on top.
+PIPELINE_LAYERS = {"core": 0, "video": 1, "runs": 1, "faces": 2, "model": 3, "editing": 4, "evaluation": 4,
+                   "params": 5}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[1]
+
+
+def _pipeline_imports() -> dict[str, set[str]]:
+    """Each pipeline module and the pipeline modules it imports (at run time)."""
+    graph = {}
+    for path in (REPO_ROOT / "pipeline").rglob("*.py"):
+        relative = path.relative_to(REPO_ROOT).with_suffix("")
+        name = ".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)
+        graph[name] = {imported for imported in _imported_modules(path)
+                       if imported.startswith("pipeline.") and imported != name}
+    return graph
+
+
+def test_every_pipeline_module_has_a_layer():
+    assert {_layer(name) for name in _pipeline_imports() if name != "pipeline"} <= set(PIPELINE_LAYERS)
+
+
+def test_pipeline_layers_import_only_downwards():
+    offenders = sorted(f"{name} -> {imported}" for name, imports in _pipeline_imports().items() if name != "pipeline"
+                       for imported in imports if PIPELINE_LAYERS[_layer(imported)] > PIPELINE_LAYERS[_layer(name)])
+    assert offenders == []
+
+
+def test_same_layer_packages_do_not_import_each_other():
+    # editing and evaluation share a layer: neither may depend on the other, or the order would be a lie.
+    offenders = sorted(f"{name} -> {imported}" for name, imports in _pipeline_imports().items() if name != "pipeline"
+                       for imported in imports if _layer(imported) != _layer(name)
+                       and PIPELINE_LAYERS[_layer(imported)] == PIPELINE_LAYERS[_layer(name)])
+    assert offenders == []
+
+
+def test_pipeline_imports_have_no_cycles():
+    graph = _pipeline_imports()
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for imported in sorted(graph.get(name, ())):
+            if state.get(imported) == "open":
+                return trail + [name, imported]
+            if imported not in state and (cycle := visit(imported, trail + [name])):
+                return cycle
+        state[name] = "done"
+        return None
+
+    cycles = [cycle for name in sorted(graph) if name not in state and (cycle := visit(name, []))]
+    assert cycles == []
+
+
+def test_training_runs_no_editing_code():
+    # A change to an edit kind or an expression constant must not retrain the model (dvc.yaml follows imports).
+    assert not [path for path in code_files("stages.train") if path.parts[:2] == ("pipeline", "editing")]

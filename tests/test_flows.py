@@ -1,6 +1,7 @@
 """The Prefect batch flow over short clips of the sample with two edits, on an ephemeral server:
-outputs and summary, a fully cached rerun, a retried transient fault, a corrupt video that fails
-alone, a local Dask cluster, and the `gpu` concurrency limit serialising GPU work.
+outputs and summary, a fully cached rerun, a retried transient fault (and which faults are retried), a
+corrupt video that fails alone, a local Dask cluster, the `gpu` concurrency limit serialising GPU work,
+and Prefect's cache never handing back a deleted or moved work folder.
 """
 
 from __future__ import annotations
@@ -242,3 +243,59 @@ def test_gpu_limit_serialises_gpu_tasks():
     assert two_gpu_tasks() == ["cpu", "cpu"]
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert second_start >= first_end
+
+
+def test_a_deleted_or_moved_work_folder_is_never_handed_back_from_the_cache(batch_setup, tmp_path):
+    from pipeline.runs.work_store import is_complete
+    from workflows.batch import run_batch
+
+    _, videos, params_file, checkpoint = batch_setup
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copyfile(videos / "clip 2.mp4", one / "clip 2.mp4")
+
+    def run(out: Path) -> list[tuple[str, str]]:
+        rows = run_batch(one, checkpoint, ["anonymise"], out, params_file, retries=0, quiet=True)
+        assert all(Path(row.output).is_file() for row in rows)
+        return [(row.status, row.error) for row in rows]
+
+    out = tmp_path / "out"
+    assert run(out) == [("completed", "")]
+    deleted = [next((out / "work" / stage).iterdir()) for stage in ("invert", "render")]
+    for folder in deleted:
+        shutil.rmtree(folder)
+    assert run(out) == [("completed", "")]  # built again; Prefect's cached results named the deleted folders
+    assert all(is_complete(folder) for folder in deleted)
+    moved = out.rename(tmp_path / "moved")
+    assert run(moved) == [("cached", "")]  # the work store moved with it; its cached results name `out`
+
+
+def _retried(error: BaseException) -> bool:
+    """Whether the flow retries a task that failed with `error`."""
+    from workflows.flows import _transient
+
+    class Failed:
+        def result(self):
+            raise error
+
+    return _transient(None, None, Failed())
+
+
+@pytest.mark.parametrize("error, retried", [
+    (OSError("disk briefly unavailable"), True), (FileNotFoundError("gone"), True), (MemoryError(), True),
+    (TypeError("bad call"), False), (ValueError("bad value"), False), (KeyError("missing"), False),
+    (AttributeError("no attribute"), False), (AssertionError("broken invariant"), False),
+    (ZeroDivisionError(), False),
+])
+def test_only_transient_failures_are_retried(error, retried):
+    assert _retried(error) is retried
+
+
+def test_out_of_memory_is_retried_and_the_projects_own_errors_are_not():
+    import torch
+
+    from pipeline.core.errors import DriverError, InputError, MissingWeightsError, ParamsError
+
+    assert _retried(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not any(_retried(error) for error in (InputError("in.mp4", "no face"), DriverError("d.mp4", "no face"),
+                                                 ParamsError("invert.steps: too many"), MissingWeightsError("x", None)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import ParamsError
-from pipeline.core.params import parse_params
+from pipeline.params import parse_params
 from pipeline.editing import motion
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.errors import ParamsError
-from pipeline.core.params import Params, load_params, parse_params
+from pipeline.params import Params, load_params, parse_params
 
 from .conftest import REPO_ROOT
 
@@ -191,22 +191,31 @@ def test_a_bdia_gamma_that_would_blow_up_round_off_is_refused_with_the_lowest_us
     with pytest.raises(ParamsError) as error:
         parse_params({"invert": {"sampler": "bdia", "steps": 50, "bdia_gamma": 0.5}})
     message = str(error.value)
-    assert "invert.bdia_gamma 0.5 with invert.steps 50" in message and "use bdia_gamma >= 0.83" in message
+    assert message.startswith("params.yaml: invert: bdia_gamma 0.5 with 50 steps") and "use bdia_gamma >= 0.83" in message
     # The lowest gamma it names passes; the demo's S = 10 takes 0.5 (round-off x 512).
     parse_params({"invert": {"sampler": "bdia", "steps": 50, "bdia_gamma": 0.83}})
     parse_params({"invert": {"sampler": "bdia", "steps": 10, "bdia_gamma": 0.5}})
     # DDIM has no gamma: the same numbers are fine.
     parse_params({"invert": {"sampler": "ddim", "steps": 50, "bdia_gamma": 0.5}})
     # Unset, gamma is 0.5 where the round-off allows it and the lowest usable value where not.
-    assert parse_params({"invert": {"sampler": "bdia", "steps": 10}}).invert.effective_bdia_gamma == 0.5
-    assert parse_params({"invert": {"sampler": "bdia", "steps": 50}}).invert.effective_bdia_gamma == 0.83
+    assert parse_params({"invert": {"sampler": "bdia", "steps": 10}}).invert.sampler_config["bdia_gamma"] == 0.5
+    assert parse_params({"invert": {"sampler": "bdia", "steps": 50}}).invert.sampler_config["bdia_gamma"] == 0.83
 
 
 def test_an_unset_bdia_gamma_follows_a_command_line_steps_override():
-    from pipeline.core.params import override_params
+    from pipeline.core.config import override_params
 
     params = parse_params({"invert": {"sampler": "bdia", "steps": 10}})
-    assert override_params(params, "invert", "--steps", steps=50).invert.effective_bdia_gamma == 0.83
+    assert override_params(params, "invert", "--steps", steps=50).invert.sampler_config["bdia_gamma"] == 0.83
     explicit = parse_params({"invert": {"sampler": "bdia", "steps": 10, "bdia_gamma": 0.5}})
     with pytest.raises(ParamsError, match=r"--steps 50: .*use bdia_gamma >= 0.83"):
         override_params(explicit, "invert", "--steps", steps=50)
+
+
+def test_the_reference_timestep_rule_refuses_a_step_count_no_stride_gives():
+    # range(0, 1000, k) has 37 elements for no integer k (k = 27 gives 38, k = 28 gives 36).
+    with pytest.raises(ParamsError) as error:
+        parse_params({"invert": {"sampler": "ddim", "steps": 37, "timestep_spacing": "stride"}})
+    assert "no stride giving 37 steps" in str(error.value) and "nearest usable count is 36" in str(error.value)
+    assert parse_params({"invert": {"steps": 36, "timestep_spacing": "stride"}}).invert.sampler_config[
+        "timesteps"] == list(range(0, 1000, 28))

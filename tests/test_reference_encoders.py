@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.core.errors import InputError, MissingWeightsError
-from pipeline.core.params import EncodeParams
+from pipeline.faces.settings import EncodeParams
 from pipeline.faces.networks import StateDictMismatch
 from pipeline.faces.networks.face_encoder import ReferenceFaceEncoder, load_reference_encoders
 from pipeline.faces.networks.face_parsing import FaceParser, build_face_parser, parsing_face_mask

@@ -176,7 +176,7 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, caps
 def test_imported_model_edits_the_bundled_clip_with_its_own_encoders(sample_clip, tmp_path, monkeypatch):
     """Every stage accepts an imported model: IR-SE50 identities, MobileNet landmarks, BiSeNet masks and the
     reference classifier (formula weights, so the faces are noise; the point is that nothing refuses it)."""
-    from pipeline.core.params import parse_params
+    from pipeline.params import parse_params
     from tests.test_reference_classifier import reference_state
     from workflows.one_off import edit_one_video
 

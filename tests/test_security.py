@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import ParamsError
-from pipeline.core.params import parse_params
+from pipeline.params import parse_params
 
 from .conftest import REPO_ROOT
 

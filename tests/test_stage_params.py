@@ -10,7 +10,7 @@ import importlib
 import pytest
 import yaml
 
-from pipeline.core.params import Params, load_params
+from pipeline.params import Params, load_params
 from stages.cli import STAGE_MODULES, main
 
 from .conftest import MICRO_PARAMS, SAMPLE_FRAMES

@@ -9,7 +9,7 @@ import shutil
 import cv2
 import pytest
 
-from pipeline.core.params import parse_params
+from pipeline.params import parse_params
 from pipeline.runs.store import stage_keys
 
 from .conftest import MICRO_PARAMS, SAMPLE_FRAMES
@@ -80,7 +80,7 @@ def test_dva_edit_reruns_an_edit_whose_reference_image_changed(micro_model, samp
 
     def run() -> dict[str, set[str]]:
         edit_one_video(sample_clip, micro_model.checkpoint, spec, tmp_path / "out.mp4", params, work, progress=False)
-        return {stage: {path.name for path in work.glob(f"*/{stage}-*")} for stage in ("invert", "edit")}
+        return {stage: {path.name for path in (work / stage).iterdir()} for stage in ("invert", "edit")}
 
     first = run()
     assert run() == first

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.core.params import TextEdit
+from pipeline.editing.kinds import TextEdit
 from pipeline.editing.editing import l2norm
 from pipeline.editing.text_edit import (
     PROMPT_TEMPLATES,

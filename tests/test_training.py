@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.params import ModelParams, TrainParams
+from pipeline.model.settings import ModelParams, TrainParams
 from pipeline.faces.alignment import flip_landmark_feature
 from pipeline.model.checkpoint import load_model
 from pipeline.model.diffusion import DDIMScheduler, SamplerSettings

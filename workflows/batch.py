@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from pipeline.core.errors import DvaError, InputError
-from pipeline.core.params import load_params
+from pipeline.params import load_params
 
 RUNNERS = ("threads", "dask")
 EPHEMERAL_STARTUP_SECONDS = 120

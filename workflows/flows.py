@@ -1,11 +1,13 @@
 """Prefect flow that edits every video of a folder or manifest, calling the same stage functions as DVC.
 
-Every stage output goes to `OUT/work/<stage>/<key>/`, where the key hashes what the output depends
-on: the video's sha256, the parameters that matter, the checkpoint's sha256 and the keys of the
-upstream outputs. A rerun over the same inputs therefore finds every task cached; a new video runs
-only its own tasks; a changed edit spec reruns only edit, render and evaluate of that edit. Folders
-are written under a temporary name and renamed when complete, under a per-key file lock, so two
-runs over the same output folder never duplicate or corrupt an output. Finished edits are published
+Every stage output goes to the work store `OUT/work/<stage>/<key>/` (`pipeline.runs.work_store`, the
+same as `dva edit`'s), where the key hashes what the output depends on: the video's sha256, the
+parameters that matter, the checkpoint's sha256, the code the stage runs and the keys of the upstream
+outputs. A rerun over the same inputs therefore finds every task cached; a new video runs only its own
+tasks; a changed edit spec reruns only edit, render and evaluate of that edit. Folders are written
+under a temporary name and renamed when complete, under a per-key file lock, so two runs over the same
+output folder never duplicate or corrupt an output. Prefect's cache answers only while the folders a
+task returned are complete: a deleted one is built again. Finished edits are published
 as `OUT/results/<video>/<edit>/` and summarised in `OUT/summary.csv` and a Prefect table artifact.
 """
 
@@ -17,8 +19,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,9 +35,11 @@ from prefect.tasks import exponential_backoff
 from pipeline.core.atomic import atomic_output_dir, atomic_output_file
 from pipeline.core.errors import DriverError, DvaError, InputError
 from pipeline.core.hashing import content_key, sha256_file
-from pipeline.core.params import EditSpec, MotionEdit, Params, load_params
-from pipeline.runs.lineage import LINEAGE_FILE, read_lineage, write_lineage
+from pipeline.editing.kinds import EditKind
+from pipeline.params import Params, load_params
+from pipeline.runs.lineage import read_lineage, write_lineage
 from pipeline.runs.store import StageKeys, stage_keys
+from pipeline.runs.work_store import WorkStore, is_complete
 from pipeline.video.video_sources import VideoSource, discover_videos
 
 GPU_LIMIT = "gpu"
@@ -54,43 +58,44 @@ class Artifact:
     built_by: str  # run id in the folder's lineage record: which task run did the work
 
 
+def work_store(out_root: Path | str) -> WorkStore:
+    """The work store of a batch output folder: `OUT/work`."""
+    return WorkStore(Path(out_root) / "work")
+
+
+def task_outputs(task_name: str, inputs: dict) -> list[tuple[str, str]]:
+    """(stage, key) of every work folder a task returns, from the task's inputs."""
+    if task_name == "edit":
+        return [("edit", key) for key in inputs["edit_keys"].values()]
+    if task_name == "driver":
+        return [("extract", inputs["keys"].extract), ("encode", inputs["keys"].encode)]
+    return [(task_name, inputs["key"])]
+
+
 class ContentKeyPolicy(CachePolicy):
-    """Cache on the content key the flow passes to each task (`key`), nothing else."""
+    """Cache on the content key the flow passes to each task (`key`) while the task's folders are complete.
+
+    A cached result names folders by absolute path. One deleted since (by hand, or by a cleanup) must not
+    be handed to the next task: the task runs again and the work store builds what is missing. The
+    store's location is part of the key, so a moved output folder never hands back paths of the old one.
+    """
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
-        return f"dva-{task_ctx.task.name}-{inputs['key']}" if inputs.get("key") else None
+        if not inputs.get("key"):
+            return None
+        store = work_store(inputs["out_root"])
+        if not all(is_complete(store.folder(stage, key)) for stage, key in task_outputs(task_ctx.task.name, inputs)):
+            return None
+        return f"dva-{task_ctx.task.name}-{inputs['key']}-{content_key(str(store.root.resolve()))}"
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _artifact(stage: str, folder: Path) -> Artifact:
+    return Artifact(stage, folder.name, str(folder), read_lineage(folder)["run_id"])
 
 
-def _folder(out_root: Path, stage: str, key: str) -> Path:
-    return Path(out_root) / "work" / stage / key
-
-
-def _lock(out_root: Path, stage: str, key: str):
-    return _file_lock(Path(out_root) / "work" / ".locks" / f"{stage}-{key}.lock")
-
-
-def _artifact(stage: str, key: str, folder: Path) -> Artifact:
-    return Artifact(stage, key, str(folder), read_lineage(folder)["run_id"])
-
-
-def build_once(out_root: Path, stage: str, key: str, build: Callable[[Path], object]) -> Artifact:
-    """Run `build(folder)` unless `OUT/work/<stage>/<key>` is already complete (one builder at a time)."""
-    folder = _folder(out_root, stage, key)
-    with _lock(out_root, stage, key):
-        if not (folder / LINEAGE_FILE).is_file():
-            build(folder)
-    return _artifact(stage, key, folder)
+def build_once(out_root: Path | str, stage: str, key: str, build) -> Artifact:
+    """The artifact of `OUT/work/<stage>/<key>`, after `build(folder)` made it unless it was complete."""
+    return _artifact(stage, work_store(out_root).build_once(stage, key, build))
 
 
 def _run_id() -> str:
@@ -100,13 +105,17 @@ def _run_id() -> str:
 
 
 def _transient(task, task_run, state: State) -> bool:
-    """Retry unexpected errors (I/O hiccups, out of memory); bad input and bad params fail at once."""
+    """Retry what may pass (I/O errors, out of memory); bad input, bad params and bugs fail at once."""
+    import torch
+
     try:
         state.result()
-    except DvaError:
+    except DvaError:  # the project's own errors: retrying gives the same answer
         return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
+    except (OSError, MemoryError, torch.OutOfMemoryError):
         return True
+    except Exception:  # noqa: BLE001 - a programming error (TypeError, KeyError, ...) fails the same way again
+        return False
     return False
 
 
@@ -198,25 +207,15 @@ def invert_task(
 
 @task(name="driver", **TASK_OPTIONS)
 def driver_task(video: str, keys: StageKeys, key: str, out_root: str, params: Params) -> tuple[Artifact, Artifact]:
-    """A motion edit's driving video through extract, align and encode (the same cached folders as any video).
+    """A motion edit's driving video through extract, align and encode (the same work folders as any video,
+    and as `dva edit`'s drivers; `keys` are its stage keys).
 
     Returns its extract and encode outputs; failures name the driving video.
     """
-    from stages.align import align_video
-    from stages.encode import encode_video
-    from stages.extract import extract_video
+    from workflows.drivers import prepare_driver
 
-    out, run_id = Path(out_root), _run_id()
-    try:
-        extract = build_once(out, "extract", keys.extract, lambda folder: extract_video(
-            Path(video), folder, params.extract.max_frames, progress=False, run_id=run_id))
-        align = build_once(out, "align", keys.align, lambda folder: align_video(
-            Path(extract.path), folder, params.align, params.model.crop_size, progress=False, run_id=run_id))
-        encode = build_once(out, "encode", keys.encode, lambda folder: encode_video(
-            Path(align.path), folder, params.encode, progress=False, run_id=run_id))
-    except InputError as exc:
-        raise DriverError(video, exc.problem) from None
-    return extract, encode
+    driver = prepare_driver(Path(video), params, work_store(out_root), progress=False, run_id=_run_id())
+    return _artifact("extract", driver.extract), _artifact("encode", driver.encode)
 
 
 @task(name="edit", **TASK_OPTIONS)
@@ -230,21 +229,17 @@ def edit_task(edit_keys: dict[str, str], checkpoint: str, extract: Artifact, ali
     from pipeline.editing.driving import DriverArtifacts, MotionInputs
     from stages.edit import edit_videos
 
-    out = Path(out_root)
-    folders = {name: _folder(out, "edit", edit_key) for name, edit_key in edit_keys.items()}
-    with ExitStack() as locks:
-        for edit_key in sorted(set(edit_keys.values())):  # one order for every run: no deadlock
-            locks.enter_context(_lock(out, "edit", edit_key))
-        missing = {name: folder for name, folder in folders.items() if not (folder / LINEAGE_FILE).is_file()}
-        if missing:
-            with gpu_device() as device:
-                settings = params.model_copy(update={"edit": params.edit.model_copy(update={"device": device})})
-                motion = MotionInputs(Path(extract.path), {
-                    name: DriverArtifacts(Path(video), Path(driver_extract.path), Path(driver_encode.path))
-                    for name, (video, driver_extract, driver_encode) in drivers.items()})
-                edit_videos(missing, settings, Path(checkpoint), Path(align.path), Path(encode.path),
-                            Path(invert.path), baseline=True, progress=False, run_id=_run_id(), motion=motion)
-    return {name: _artifact("edit", edit_keys[name], folder) for name, folder in folders.items()}
+    def build(missing: dict[str, Path]) -> None:
+        with gpu_device() as device:
+            settings = params.model_copy(update={"edit": params.edit.model_copy(update={"device": device})})
+            motion = MotionInputs(Path(extract.path), {
+                name: DriverArtifacts(Path(video), Path(driver_extract.path), Path(driver_encode.path))
+                for name, (video, driver_extract, driver_encode) in drivers.items()})
+            edit_videos(missing, settings, Path(checkpoint), Path(align.path), Path(encode.path),
+                        Path(invert.path), baseline=True, progress=False, run_id=_run_id(), motion=motion)
+
+    folders = work_store(out_root).build_all("edit", edit_keys, build)
+    return {name: _artifact("edit", folder) for name, folder in folders.items()}
 
 
 @task(name="render", **TASK_OPTIONS)
@@ -274,7 +269,7 @@ def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate
     final = Path(out_root) / "results" / video_id / edit
     sources = [Path(render.path) / name for name in PUBLISHED_FILES] + [Path(evaluate.path) / "metrics.json"]
     # Runs sharing the output folder publish the same edit one at a time (the rename is two steps).
-    with _lock(out_root, "publish", f"{video_id}-{edit}"), atomic_output_dir(final) as work:
+    with work_store(out_root).lock("publish", f"{video_id}-{edit}"), atomic_output_dir(final) as work:
         for source in sources:
             try:
                 os.link(source, work / source.name)
@@ -329,8 +324,8 @@ def write_summary(out_root: Path, rows: list[SummaryRow]) -> Path:
 def results_storage(out: Path) -> str:
     """A saved storage block for task results (the cache records) inside the output folder.
 
-    Keeping them with the outputs makes the cache follow the folder, and every worker that can
-    reach the folder can read them.
+    Every worker that can reach the folder can read them. They name folders by absolute path, so a
+    moved output folder does not use them (`ContentKeyPolicy`); its work store still has every output.
     """
     from prefect.filesystems import LocalFileSystem
 
@@ -343,11 +338,11 @@ def results_storage(out: Path) -> str:
 STAGES = ("extract", "align", "encode", "invert", "edit", "render", "evaluate")
 
 
-def resolve_edits(names: list[str], params: Params) -> dict[str, EditSpec]:
+def resolve_edits(names: list[str], params: Params) -> dict[str, EditKind]:
     """Edit specs by name: names under `edits` in the params, spec files or inline JSON."""
     from workflows.one_off import parse_edit_spec
 
-    edits: dict[str, EditSpec] = {}
+    edits: dict[str, EditKind] = {}
     for text in names:
         name, spec = parse_edit_spec(text, params)
         # Several inline specs all parse as "custom": number them so each keeps its own outputs.
@@ -394,7 +389,7 @@ def batch_flow(
     return rows
 
 
-def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoint_sha256: str, out_root: str,
+def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditKind], checkpoint_sha256: str, out_root: str,
                      params: Params, options: dict) -> dict[str, tuple[str, Artifact, Artifact]]:
     """Prepare every motion edit's driving video before any video runs: a bad driver stops the batch.
 
@@ -406,9 +401,9 @@ def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditSpec], che
     videos = {source.video_id: Path(source.path) for source in sources}
     prepared = {}
     for name, spec in specs.items():
-        if not isinstance(spec, MotionEdit):
+        if spec.driven_by() is None:
             continue
-        video = driver_video(spec, params, videos)
+        video = driver_video(spec.driven_by(), {"batch": videos} | params.video_files())
         if not video.is_file():
             raise DriverError(video, "file not found")
         keys = stage_keys(sha256_file(video), checkpoint_sha256, params, {})
@@ -417,7 +412,7 @@ def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditSpec], che
     return prepared
 
 
-def _run_videos(sources: list[VideoSource], specs: dict[str, EditSpec], checkpoint: str, out: Path, params: Params,
+def _run_videos(sources: list[VideoSource], specs: dict[str, EditKind], checkpoint: str, out: Path, params: Params,
                 retries: int, retry_delay_seconds: float) -> list[SummaryRow]:
     import json
 

@@ -1,8 +1,9 @@
 """Edit one video outside DVC: extract, align, encode, invert, edit and render in one command.
 
-Intermediates are cached in a work folder keyed by the video's content and the parameters each
-step depends on, so a second edit of the same video reuses its alignment and its inversion (the
-expensive part) and only decodes and renders again.
+Intermediates are kept in a work store (`pipeline.runs.work_store`, the same layout as `dva batch`'s
+`OUT/work`) keyed by the video's content, the parameters and the code each step depends on, so a
+second edit of the same video reuses its alignment and its inversion (the expensive part) and only
+decodes and renders again. Each step is built under a lock: two runs on the same video compute it once.
 """
 
 from __future__ import annotations
@@ -13,23 +14,24 @@ from pathlib import Path
 
 import typer
 import yaml
-from pydantic import TypeAdapter, ValidationError
 
 from pipeline.core.atomic import atomic_output_file
 from pipeline.core.errors import DvaError, InputError, ParamsError
-from pipeline.core.hashing import content_key, sha256_file
-from pipeline.core.params import EditSpec, MotionEdit, Params, load_params
+from pipeline.core.hashing import sha256_file
 from pipeline.editing.driving import MotionInputs, driver_video
+from pipeline.editing.kinds import EditKind, parse_edit
+from pipeline.params import Params, load_params
 from pipeline.runs.artifacts import VIDEO_FILE
 from pipeline.runs.store import stage_keys
+from pipeline.runs.work_store import WorkStore
 from stages.edit import edit_video
 from stages.evaluate import evaluate_edit
 from stages.invert import invert_video
 from stages.render import render_video
-from workflows.drivers import cached, prepare_driver, prepare_video
+from workflows.drivers import prepare_driver, prepare_video
 
 
-def parse_edit_spec(text: str, params: Params) -> tuple[str, EditSpec]:
+def parse_edit_spec(text: str, params: Params) -> tuple[str, EditKind]:
     """An edit named in the params, a YAML/JSON file holding one spec, or an inline JSON spec."""
     if text in params.edits:
         return text, params.edits[text]
@@ -45,44 +47,40 @@ def parse_edit_spec(text: str, params: Params) -> tuple[str, EditSpec]:
             raise ParamsError(f"--edit: not valid JSON ({exc.msg})") from None
     else:
         raise ParamsError(f"--edit {text!r}: not an edit under `edits` in the params, a spec file or inline JSON")
-    try:
-        return name, TypeAdapter(EditSpec).validate_python(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ParamsError(f"--edit: {key}: {first['msg']}") from None
+    return name, parse_edit(raw, "--edit")
 
 
 def edit_one_video(
     video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True
 ) -> dict:
-    """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side, sheet and metrics beside it."""
+    """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side, sheet and metrics beside it.
+
+    Intermediates go to the work store at `work` (`<work>/<stage>/<key>/`).
+    """
     video, out = Path(video), Path(out)
     if not Path(checkpoint).is_file():
         raise InputError(checkpoint, "checkpoint not found")
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
     video_sha256 = sha256_file(video)
-    base = Path(work) / content_key(video_sha256)
+    store = WorkStore(work)
     # A motion edit's driver goes through the same cached steps (first: a bad driver stops before the
     # video's own work); its features are part of the edit's key.
     drivers = {}
-    if isinstance(spec, MotionEdit):
-        drivers[name] = prepare_driver(driver_video(spec, params), params, work, progress)
-    extract_dir, align_dir, encode_dir = prepare_video(video, params, work, progress)
+    if spec.driven_by() is not None:
+        drivers[name] = prepare_driver(driver_video(spec.driven_by(), params.video_files()), params, store, progress)
+    extract_dir, align_dir, encode_dir = prepare_video(video, params, store, progress)
     keys = stage_keys(video_sha256, sha256_file(Path(checkpoint)), params, {name: spec},
                       {edit: driver.encode.name for edit, driver in drivers.items()})
-    invert_dir = cached(base / f"invert-{keys.invert}",
-                        lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert, progress))
-    edit_dir = cached(base / f"edit-{keys.edits[name]}",
-                      lambda d: edit_video(name, params, checkpoint, align_dir, encode_dir, invert_dir, d,
-                                           baseline=True, progress=progress,
-                                           motion=MotionInputs(extract_dir, drivers)))
-    render_dir = cached(base / f"render-{keys.renders[name]}",
-                        lambda d: render_video(extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
-    evaluate_dir = cached(base / f"evaluate-{keys.evaluations[name]}",
-                          lambda d: evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, d,
-                                                  params.encode, progress, align=params.align))
+    invert_dir = store.build_once("invert", keys.invert, lambda d: invert_video(
+        checkpoint, align_dir, encode_dir, d, params.invert, progress))
+    edit_dir = store.build_once("edit", keys.edits[name], lambda d: edit_video(
+        name, params, checkpoint, align_dir, encode_dir, invert_dir, d, baseline=True, progress=progress,
+        motion=MotionInputs(extract_dir, drivers)))
+    render_dir = store.build_once("render", keys.renders[name], lambda d: render_video(
+        extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
+    evaluate_dir = store.build_once("evaluate", keys.evaluations[name], lambda d: evaluate_edit(
+        align_dir, encode_dir, invert_dir, edit_dir, render_dir, d, params.encode, progress, align=params.align))
     stem = out.with_suffix("")
     published = ((render_dir / VIDEO_FILE, out), (render_dir / "side_by_side.mp4", Path(f"{stem}_side_by_side.mp4")),
                  (render_dir / "contact_sheet.png", Path(f"{stem}_contact_sheet.png")))
@@ -100,7 +98,7 @@ def cli(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Model file from `dva train`."),
     edit: str = typer.Option(..., "--edit", help="Edit name from params, a spec .yaml/.json file, or inline JSON."),
     out: Path = typer.Option(..., "--out", help="Edited video (.mp4); side-by-side, sheet and metrics go beside it."),
-    work: Path = typer.Option(Path(".dva-work"), help="Cache folder for intermediates (reused across edits)."),
+    work: Path = typer.Option(Path(".dva-work"), help="Work store for intermediates (reused across edits and runs)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:

@@ -1,25 +1,22 @@
-"""The motion codes each edit decodes with: a video's own, a driving video's, or expression-shifted.
+"""Where motion-changing edits find what they read: the video's frame times and their driving videos.
 
 Identity edits keep the video's own landmark codes. A motion edit's driving video goes through the
-same extract, align and encode stages as any video (DVC's `driver` stage, `dva edit`'s work cache or
+same extract, align and encode stages as any video (DVC's `driver` stage, `dva edit`'s work store or
 `dva batch`'s content-keyed tasks: `workflows/drivers.py`); its frames are matched to the edited
-video's by timestamp. Expression edits shift the video's own codes along the directions of
-`pipeline/editing/motion.py`.
+video's by timestamp (`pipeline/editing/kinds/motion.py`). Expression edits shift the video's own codes
+(`pipeline/editing/kinds/expression.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.errors import DriverError, DvaError, InputError
-from pipeline.core.hashing import sha256_file
-from pipeline.core.params import EditSpec, ExpressionEdit, MotionEdit, Params
-from pipeline.editing import motion
-from pipeline.faces.tracking import NO_FACE
-from pipeline.runs.artifacts import FRAME_TABLE_FILE, read_features, read_frame_times
+from pipeline.runs.artifacts import FRAME_TABLE_FILE, read_frame_times
 
 
 @dataclass(frozen=True)
@@ -38,78 +35,49 @@ class MotionInputs:
     target_extract: Path
     drivers: dict[str, DriverArtifacts]  # motion edit name -> its driver
 
+    def frame_times(self) -> np.ndarray:
+        """Times (seconds) of the edited video's frames."""
+        return read_frame_times(self.target_extract)[1]
 
-def driver_video(spec: MotionEdit, params: Params, videos: dict[str, Path] | None = None) -> Path:
-    """The driving video file: an id of `videos` (e.g. a batch's), `drivers:` or `videos:` in params, or a path."""
-    if videos and spec.driver in videos:
-        return Path(videos[spec.driver])
-    for section in (params.drivers, params.videos):
-        if spec.driver in section:
-            return Path(section[spec.driver].path)
-    return Path(spec.driver)
+    def frame_table(self) -> Path:
+        """The file the frame times come from (lineage)."""
+        return Path(self.target_extract) / FRAME_TABLE_FILE
 
 
-def stage_output_drivers(names: list[str], params: Params, data_root: Path) -> dict[str, DriverArtifacts]:
-    """Drivers of the motion edits among `names`, as DVC lays them out under `data_root`.
+def require_motion_inputs(inputs: MotionInputs | None, name: str, kind: str) -> MotionInputs:
+    """`inputs`, or a one-line error saying that edit `name` of `kind` needs the video's frame times."""
+    if inputs is None:
+        raise DvaError(f"edit {name!r}: {kind} edits need the video's extract folder (its frame times)")
+    return inputs
 
-    A `drivers:` id reads `drivers/<id>/{extract,encode}`, a `videos:` id `extract/<id>` and `encode/<id>`.
+
+def driver_video(driver: str, sections: Mapping[str, Mapping[str, Path]]) -> Path:
+    """The driving video file: an id in one of `sections` (id -> file, searched in order), else a path."""
+    for videos in sections.values():
+        if driver in videos:
+            return Path(videos[driver])
+    return Path(driver)
+
+
+def stage_output_drivers(driven: dict[str, str], drivers: Mapping[str, Path], videos: Mapping[str, Path],
+                         data_root: Path) -> dict[str, DriverArtifacts]:
+    """Drivers of the edits in `driven` (edit name -> driver id), as DVC lays them out under `data_root`.
+
+    `drivers` and `videos` map the ids under `drivers:` and `videos:` to their files. A `drivers:` id reads
+    `drivers/<id>/{extract,encode}`, a `videos:` id `extract/<id>` and `encode/<id>`.
     """
-    drivers = {}
-    for name in names:
-        spec = params.edits[name]
-        if not isinstance(spec, MotionEdit):
-            continue
-        if spec.driver in params.drivers:
-            folders = (Path(data_root) / "drivers" / spec.driver / "extract",
-                       Path(data_root) / "drivers" / spec.driver / "encode")
-        elif spec.driver in params.videos:
-            folders = (Path(data_root) / "extract" / spec.driver, Path(data_root) / "encode" / spec.driver)
+    prepared = {}
+    for name, driver in driven.items():
+        if driver in drivers:
+            folders = (Path(data_root) / "drivers" / driver / "extract", Path(data_root) / "drivers" / driver / "encode")
+        elif driver in videos:
+            folders = (Path(data_root) / "extract" / driver, Path(data_root) / "encode" / driver)
         else:
             # Preparing a video here would run other stages inside this one: DVC prepares drivers itself.
-            raise DriverError(Path(spec.driver), f"edit {name!r}: under DVC a driver is a `drivers:` or `videos:` "
-                                                 "id (a file path works with `dva edit` and `dva batch`)")
+            raise DriverError(Path(driver), f"edit {name!r}: under DVC a driver is a `drivers:` or `videos:` "
+                                            "id (a file path works with `dva edit` and `dva batch`)")
         for folder in folders:
             if not folder.is_dir():
-                raise InputError(folder, f"driver {spec.driver!r} of edit {name!r} is not prepared (run `dvc repro`)")
-        drivers[name] = DriverArtifacts(driver_video(spec, params), *folders)
-    return drivers
-
-
-def edit_landmark_codes(
-    name: str, spec: EditSpec, encode_dir: Path, motion_inputs: MotionInputs | None
-) -> tuple[np.ndarray, dict]:
-    """The (N, 102) codes edit `name` decodes every frame with, and facts about them for the record."""
-    features = read_features(encode_dir)
-    status, codes, meta = features.status, features.landmarks, features.metadata
-    if not isinstance(spec, MotionEdit | ExpressionEdit):
-        return codes, {}
-    if motion_inputs is None:
-        raise DvaError(f"edit {name!r}: {spec.kind} edits need the video's extract folder (its frame times)")
-    valid = np.array([state != NO_FACE for state in status])
-    times = read_frame_times(motion_inputs.target_extract)[1]
-    if isinstance(spec, ExpressionEdit):
-        return motion.expression_codes(codes, valid, times, spec.expressions), {}
-    driver = motion_inputs.drivers[name]
-    driver_features = read_features(driver.encode)
-    driver_status, driver_codes = driver_features.status, driver_features.landmarks
-    driver_meta = driver_features.metadata
-    ours, theirs = meta.get("landmark_feature_backend"), driver_meta.get("landmark_feature_backend")
-    if ours != theirs:
-        raise DriverError(driver.source, f"landmark features by {theirs}, the edited video's by {ours}")
-    driver_valid = np.array([state != NO_FACE for state in driver_status])
-    matched = motion.match_by_time(times, read_frame_times(driver.extract)[1], spec.shorter)
-    driven = motion.driven_codes(codes, valid, driver_codes, driver_valid, matched, spec.mode)
-    facts = {"driver": str(driver.source), "driver_sha256": sha256_file(driver.source),
-             "driver_frames": len(driver_status), "driver_frame_of_each_frame": matched.tolist()}
-    return driven, facts
-
-
-def motion_lineage_inputs(name: str, spec: EditSpec, motion_inputs: MotionInputs | None) -> list[Path]:
-    """Inputs a motion or expression edit read besides the video's own artifacts, for its lineage record."""
-    if motion_inputs is None or not isinstance(spec, MotionEdit | ExpressionEdit):
-        return []
-    inputs = [Path(motion_inputs.target_extract) / FRAME_TABLE_FILE]
-    if name in motion_inputs.drivers:
-        driver = motion_inputs.drivers[name]
-        inputs += [driver.source, driver.encode, Path(driver.extract) / FRAME_TABLE_FILE]
-    return inputs
+                raise InputError(folder, f"driver {driver!r} of edit {name!r} is not prepared (run `dvc repro`)")
+        prepared[name] = DriverArtifacts(driver_video(driver, {"drivers": drivers, "videos": videos}), *folders)
+    return prepared

@@ -16,6 +16,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from pipeline.core.errors import InputError
+
 
 def l2norm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Scale ``x`` to unit L2 norm along ``axis``; a zero vector raises ValueError."""
@@ -80,16 +82,61 @@ class AttributeClassifier:
 
     @classmethod
     def load(cls, path: Path | str) -> "AttributeClassifier":
-        """Read a classifier written by :meth:`save`."""
+        """Read a classifier written by :meth:`save`.
+
+        A file that is missing, not a readable safetensors file (random bytes, cut short), or not a classifier
+        (no attribute names, a tensor missing, mis-shaped or holding NaN or infinite values) raises
+        :class:`InputError` naming it, so the CLI reports it on one line.
+        """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"attribute classifier file not found: {path}")
+            raise InputError(path, "attribute classifier not found")
+        metadata, tensors = _read_classifier_file(path)
+        problem = "not an attribute classifier"
+        attributes = _attribute_names(metadata.get("attributes"))
+        if attributes is None:
+            raise InputError(path, f"{problem}: the metadata has no 'attributes' list of names")
+        unusable = [name for name, value in tensors.items() if not np.issubdtype(value.dtype, np.number)
+                    or not np.all(np.isfinite(value))]
+        if unusable:
+            raise InputError(path, f"{problem}: tensors {unusable} hold NaN, infinite or non-numeric values")
+        try:
+            return cls(attributes=attributes, **tensors)
+        except ValueError as exc:
+            raise InputError(path, f"{problem}: {exc}") from None
+
+
+# Tensors of a classifier file, as :meth:`AttributeClassifier.save` names them.
+CLASSIFIER_TENSORS = ("weights", "bias", "mean", "std")
+
+
+def _read_classifier_file(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The metadata and the :data:`CLASSIFIER_TENSORS` of a safetensors file, or InputError naming it."""
+    try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            if "attributes" not in meta:
-                raise ValueError(f"{path}: no 'attributes' entry in the safetensors metadata")
-            tensors = {k: f.get_tensor(k) for k in ("weights", "bias", "mean", "std")}
-        return cls(attributes=json.loads(meta["attributes"]), **tensors)
+            metadata = f.metadata() or {}
+            present = set(f.keys())
+            missing = [name for name in CLASSIFIER_TENSORS if name not in present]
+            if missing:
+                found = sorted(present)[:8]
+                raise InputError(path, f"not an attribute classifier: missing tensors {missing} (found {found})")
+            return metadata, {name: f.get_tensor(name) for name in CLASSIFIER_TENSORS}
+    except InputError:
+        raise
+    except Exception as exc:  # safetensors raises its own error type (and others) for cut or foreign files
+        detail = (str(exc).splitlines() or [""])[0]
+        raise InputError(path, f"not a readable safetensors file ({type(exc).__name__}: {detail})") from None
+
+
+def _attribute_names(text: str | None) -> list[str] | None:
+    """The attribute names of a classifier's metadata entry (a JSON list of strings), or None if it is not one."""
+    try:
+        names = json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    return names
 
 
 def classifier_edit(z_mean: np.ndarray, clf: AttributeClassifier, scales: dict[str, float]) -> np.ndarray:

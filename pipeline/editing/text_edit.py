@@ -5,7 +5,8 @@ A direction ``dz`` in identity space is optimised on the video's first face fram
 measured by a directional CLIP loss on a short DDIM trajectory (the paper's text editing). The video is
 then decoded with ``apply_text_direction(z_mean, dz, scale)`` in every frame. The conventions (text
 features averaged over :data:`PROMPT_TEMPLATES`, the CLIP input preprocessing, the loss and the L1 mask)
-are the reference implementation's; the settings are :class:`pipeline.core.params.TextEdit`.
+are the reference implementation's; the settings are :class:`pipeline.editing.kinds.text.TextEdit`
+(read here through :class:`TextEditSettings`).
 
 No CLIP weights exist offline: :func:`load_clip` loads them from a local file and never downloads;
 :func:`tiny_clip` builds a small untrained CLIP for tests and offline demos.
@@ -17,7 +18,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import open_clip
@@ -29,10 +30,25 @@ from open_clip.tokenizer import SimpleTokenizer
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import MissingWeightsError
-from pipeline.core.params import TextEdit
 from pipeline.editing.editing import l2norm
+from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.samplers import DDIMSampler, batch_timestep
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+class TextEditSettings(Protocol):
+    """The settings of a text edit this module reads (the schema is `pipeline/editing/kinds/text.py`)."""
+
+    source_text: str
+    target_text: str
+    iterations: int
+    lr: float
+    w_clip: float
+    w_id: float
+    w_l1: float
+    num_steps: int
+    t_start: int
 
 # The prompt templates over which the reference averages text features: the ImageNet prompt set of
 # CLIP's zero-shot evaluation, as listed in StyleGAN-NADA's `imagenet_templates` (79 templates).
@@ -76,21 +92,13 @@ def short_timesteps(t_start: int, num_steps: int) -> list[int]:
     return [int(round(t_start * i / (num_steps - 1))) for i in reversed(range(num_steps))]
 
 
-def inversion_timesteps(t_start: int, num_steps: int, inversion_start: str = "clean") -> list[int]:
-    """Timesteps the inversion visits, ascending, ending at ``t_start``: :func:`short_timesteps` reversed.
+def trajectory_sampler(scheduler: DDIMScheduler, spec: TextEditSettings) -> DDIMSampler:
+    """The DDIM sampler of the short trajectory :func:`short_timesteps`, over the model's scheduler.
 
-    ``inversion_start`` is the scheduler's convention (:class:`pipeline.model.diffusion.SamplerSettings`):
-    ``"clean"`` starts at ``-1``, the clean image, so the first step goes to timestep 0;
-    ``"first_timestep"`` (the reference) takes the clean frame as the sample at timestep 0, so for the
-    defaults it visits ``[0, 200, 400, 600, 800]`` (four steps). Decoding along :func:`short_timesteps`
-    ends with the step ``0 -> clean`` either way.
+    Its inversion follows the scheduler's convention: from the clean image (``clean``), or with the clean
+    frame taken as the sample at timestep 0 (``first_timestep``, the reference: four steps for the defaults).
     """
-    grid = short_timesteps(t_start, num_steps)[::-1]
-    if inversion_start == "first_timestep":
-        return grid if grid[0] == 0 else [0, *grid]
-    if inversion_start == "clean":
-        return [-1, *grid]
-    raise ValueError(f"unknown inversion_start {inversion_start!r}")
+    return DDIMSampler(scheduler, short_timesteps(spec.t_start, spec.num_steps)[::-1])
 
 
 @contextlib.contextmanager
@@ -107,10 +115,6 @@ def _frozen(*modules: torch.nn.Module) -> Iterator[None]:
             m.train(training)
             for p, flag in flags:
                 p.requires_grad_(flag)
-
-
-def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
 def text_direction(
@@ -194,30 +198,24 @@ def _l1_weight(mask: torch.Tensor | np.ndarray | None, like: torch.Tensor) -> to
 
 def invert_to_t_start(
     model: torch.nn.Module,
-    scheduler,
+    scheduler: DDIMScheduler,
     x0: torch.Tensor,
     z_id: torch.Tensor | np.ndarray,
     z_lnd: torch.Tensor | np.ndarray,
-    spec: TextEdit,
+    spec: TextEditSettings,
 ) -> torch.Tensor:
     """DDIM-invert a clean frame ``x0`` (1, 3, H, W) in [-1, 1] to ``x_start`` at ``spec.t_start``.
 
-    Follows :func:`inversion_timesteps` for ``scheduler.inversion_start`` with the frame's unedited code
-    ``l2norm(z_id)`` (the reference uses the frame's own identity here, not the video mean), so decoding
-    ``x_start`` along :func:`short_timesteps` with that code reconstructs ``x0``. Each
-    ``scheduler.invert_step`` takes ``eps`` at the current (lower) timestep; the clean image is fed to the
-    model as timestep 0.
+    Along :func:`trajectory_sampler` with the frame's unedited code ``l2norm(z_id)`` (the reference uses the
+    frame's own identity here, not the video mean), so decoding ``x_start`` along the same trajectory with
+    that code reconstructs ``x0``.
     """
     device = x0.device
     z0 = F.normalize(torch.as_tensor(z_id, dtype=torch.float32, device=device), dim=0)
     lnd = torch.as_tensor(z_lnd, dtype=torch.float32, device=device)
-    ts = inversion_timesteps(spec.t_start, spec.num_steps, scheduler.inversion_start)
     with _frozen(model), torch.no_grad():
         face = model.face_code(z0[None], lnd[None])
-        x = x0
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            x = scheduler.invert_step(model(x, _batch_t(max(t, 0), x), face), t, t_next, x)
-    return x
+        return trajectory_sampler(scheduler, spec).invert(lambda x, t: model(x, t, face), x0)
 
 
 def optimise_text_direction(
@@ -228,7 +226,7 @@ def optimise_text_direction(
     x_start: torch.Tensor,
     z_id: torch.Tensor | np.ndarray,
     z_lnd: torch.Tensor | np.ndarray,
-    spec: TextEdit,
+    spec: TextEditSettings,
     mask: torch.Tensor | np.ndarray | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, list[float]]:
@@ -292,18 +290,17 @@ class _TextObjective:
     Construction decodes the original trajectory (with ``l2norm(z)``) and the text direction once.
     """
 
-    def __init__(self, model, scheduler, clip_model, tokenizer, x_start, z, lnd, spec: TextEdit, weight):
+    def __init__(self, model, scheduler, clip_model, tokenizer, x_start, z, lnd, spec: TextEditSettings, weight):
         self.model, self.scheduler, self.clip_model = model, scheduler, clip_model
         self.z, self.lnd, self.spec, self.weight = z, lnd, spec, weight
-        ts = short_timesteps(spec.t_start, spec.num_steps)
-        self.steps = list(zip(ts, ts[1:] + [-1]))
+        self.steps = trajectory_sampler(scheduler, spec).decoding_steps()
         self.z0 = F.normalize(z, dim=0)
         with torch.no_grad():
             face0 = model.face_code(self.z0[None], lnd[None])
             self.traj = [x_start]
             for t, t_prev in self.steps:
                 x_t = self.traj[-1]
-                self.traj.append(scheduler.step(model(x_t, _batch_t(t, x_t), face0), t, t_prev, x_t))
+                self.traj.append(scheduler.step(model(x_t, batch_timestep(t, x_t), face0), t, t_prev, x_t))
             self.orig_feats = [_clip_image_features(clip_model, x) for x in self.traj[1:]]
             self.text_dir = text_direction(clip_model, tokenizer, spec.source_text, spec.target_text)
 
@@ -312,7 +309,7 @@ class _TextObjective:
         face = self.model.face_code(F.normalize(self.z + dz, dim=0)[None], self.lnd[None])
         t, t_prev = self.steps[i]
         x_t = self.traj[i]
-        return self.scheduler.step(self.model(x_t, _batch_t(t, x_t), face), t, t_prev, x_t)
+        return self.scheduler.step(self.model(x_t, batch_timestep(t, x_t), face), t, t_prev, x_t)
 
     def backward(self, dz: torch.Tensor) -> float:
         """Add the loss's gradient to ``dz.grad`` and return the loss.

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.core.errors import MissingWeightsError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.params import EncodeParams
+from pipeline.faces.settings import EncodeParams
 
 # dlib computes its descriptor on a 150-px chip of its own; give it enough pixels to cut from.
 DLIB_WORKING_SIZE = 256

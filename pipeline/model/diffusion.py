@@ -13,7 +13,8 @@ Beside DDIM, whose inversion is only approximate, this module runs BDIA-DDIM (Zh
 2023, "Exact diffusion inversion via bi-directional integration approximation"): the same one network
 evaluation per step, but each update is an explicit, invertible function of the two latents before
 it, so decoding replays the inversion's evaluations backwards and returns the input up to round-off.
-:func:`invert` and :func:`sample` choose between the two samplers by name.
+This module holds the per-step arithmetic of both; the samplers that loop over a timestep grid are
+:mod:`pipeline.model.samplers`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Callable, Literal, get_args
+from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InversionStart = Literal["clean", "first_timestep"]
-SamplerName = Literal["ddim", "bdia"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class DDIMScheduler:
         beta_start: beta_1 of the linear schedule.
         beta_end: beta_T of the linear schedule.
         clip_x0: clip the predicted clean image to [-1, 1] and re-derive the noise (the reference).
-        inversion_start: where :func:`ddim_invert` starts (see :class:`SamplerSettings`).
+        inversion_start: where :meth:`pipeline.model.samplers.Sampler.invert` starts (see :class:`SamplerSettings`).
     """
 
     def __init__(
@@ -98,12 +96,6 @@ class DDIMScheduler:
     def from_settings(cls, settings: SamplerSettings) -> "DDIMScheduler":
         """The scheduler a checkpoint's :class:`SamplerSettings` describe."""
         return cls(**dataclasses.asdict(settings))
-
-    def timesteps(self, num_steps: int) -> list[int]:
-        """Return the ``num_steps`` sampling timesteps ``i * T // num_steps``, in descending order."""
-        if not 1 <= num_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_steps must be in [1, {self.num_train_timesteps}], got {num_steps}")
-        return [i * self.num_train_timesteps // num_steps for i in reversed(range(num_steps))]
 
     def _alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """alpha_bar_t per sample (B,), shaped to broadcast against ``like`` and in its dtype and device."""
@@ -204,160 +196,3 @@ class DDIMScheduler:
         if gamma <= 0:
             raise ValueError(f"BDIA inversion needs gamma > 0, got {gamma}")
         return self._move(eps, x_t, t, t_next) + (x_prev - self._move(eps, x_t, t, t_prev)) / gamma
-
-
-def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-
-
-def ddim_sample(
-    eps_fn: EpsFn, x_T: torch.Tensor, scheduler: DDIMScheduler, num_steps: int, progress: bool = False
-) -> torch.Tensor:
-    """Decode noise ``x_T`` to a clean image with ``num_steps`` deterministic DDIM steps.
-
-    Visits ``x_{t_1} -> ... -> x_0 -> clean``, where ``t_1 > ... > 0`` are ``scheduler.timesteps``.
-    ``eps_fn(x, t)`` takes a LongTensor of shape (B,) and closes over any conditioning. Gradients are
-    not disabled here; wrap the call in ``torch.inference_mode()`` when none are needed.
-    """
-    ts = scheduler.timesteps(num_steps)
-    x = x_T
-    for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc="DDIM sample", disable=not progress):
-        x = scheduler.step(eps_fn(x, _batch_t(t, x)), t, t_prev, x)
-    return x
-
-
-def ddim_invert(
-    eps_fn: EpsFn, x0: torch.Tensor, scheduler: DDIMScheduler, num_steps: int, progress: bool = False
-) -> torch.Tensor:
-    """Encode a clean image to its DDIM noise map ``x_T``: the reverse path of :func:`ddim_sample`.
-
-    Visits ``clean -> x_0 -> ... -> x_{t_1}`` and evaluates ``eps`` at the current (lower) timestep
-    instead of the unknown upper one, the usual DDIM inversion approximation. The clean image is fed
-    to ``eps_fn`` as timestep 0 since the model was never trained on timestep -1 (alpha_bar_0 ~ 1).
-    With ``inversion_start="first_timestep"`` (the reference) the clean image is taken as ``x_0``
-    itself and the first step is skipped: ``num_steps - 1`` evaluations.
-    """
-    ts = scheduler.timesteps(num_steps)[::-1]
-    path = ts if scheduler.inversion_start == "first_timestep" else [-1] + ts
-    x = x0
-    for t, t_next in tqdm(list(zip(path, path[1:])), desc="DDIM invert", disable=not progress):
-        x = scheduler.invert_step(eps_fn(x, _batch_t(max(t, 0), x)), t, t_next, x)
-    return x
-
-
-def _bdia_path(scheduler: DDIMScheduler, num_steps: int) -> list[int]:
-    """Timesteps ``t_1 > ... > 0`` then ``-1`` (the clean image): the latents a BDIA run visits."""
-    if num_steps < 2:
-        raise ValueError(f"BDIA needs at least 2 steps (its state is two latents), got {num_steps}")
-    return scheduler.timesteps(num_steps) + [-1]
-
-
-def bdia_sample(
-    eps_fn: EpsFn,
-    x_T: torch.Tensor,
-    x_second: torch.Tensor,
-    scheduler: DDIMScheduler,
-    num_steps: int,
-    gamma: float = 1.0,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Decode the pair (``x_T``, ``x_second``) of :func:`bdia_invert` to a clean image with BDIA-DDIM.
-
-    With path ``p_0 = t_1 > p_1 > ... > p_{S-1} = 0 > p_S = -1`` and latents ``y_k`` at ``p_k``, the
-    decoding starts from the stored ``y_0 = x_T`` and ``y_1 = x_second`` (a fresh BDIA sample would get
-    ``y_1`` by one DDIM step; the stored one is what makes the round trip exact) and applies (B3):
-
-        y_{k+1} = bdia_step(eps(y_k, p_k); p_{k-1}, p_k, p_{k+1}; y_{k-1}, y_k),  k = 1 .. S-1
-
-    ``num_steps - 1`` network evaluations; returns ``y_S``.
-    """
-    path = _bdia_path(scheduler, num_steps)
-    before, x = x_T, x_second
-    for k in tqdm(range(1, num_steps), desc="BDIA sample", disable=not progress):
-        before, x = x, scheduler.bdia_step(eps_fn(x, _batch_t(path[k], x)), path[k - 1], path[k], path[k + 1],
-                                           before, x, gamma)
-    return x
-
-
-def bdia_invert(
-    eps_fn: EpsFn,
-    x0: torch.Tensor,
-    scheduler: DDIMScheduler,
-    num_steps: int,
-    gamma: float = 1.0,
-    progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode a clean image to the pair (``x_T``, ``x_second``) that :func:`bdia_sample` decodes back to it.
-
-    The only approximation is the starting pair: ``y_S`` is the clean image and ``y_{S-1}`` (timestep 0)
-    comes from one DDIM inversion step, or with ``inversion_start="first_timestep"`` (the reference) is
-    the clean image itself. From there (B4) runs the recurrence of :func:`bdia_sample` backwards,
-
-        y_{k-1} = bdia_invert_step(eps(y_k, p_k); p_{k-1}, p_k, p_{k+1}; y_k, y_{k+1}),  k = S-1 .. 1
-
-    evaluating the network at exactly the latents the decoding will visit, so decoding replays the
-    same evaluations and undoes every step. ``num_steps - 1`` evaluations, plus one for the DDIM start.
-    """
-    path = _bdia_path(scheduler, num_steps)
-    if scheduler.inversion_start == "first_timestep":
-        x = x0
-    else:
-        x = scheduler.invert_step(eps_fn(x0, _batch_t(0, x0)), -1, 0, x0)
-    after = x0
-    for k in tqdm(range(num_steps - 1, 0, -1), desc="BDIA invert", disable=not progress):
-        after, x = x, scheduler.bdia_invert_step(eps_fn(x, _batch_t(path[k], x)), path[k - 1], path[k], path[k + 1],
-                                                 x, after, gamma)
-    return x, after
-
-
-def invert(
-    eps_fn: EpsFn,
-    x0: torch.Tensor,
-    scheduler: DDIMScheduler,
-    num_steps: int,
-    sampler: SamplerName = "ddim",
-    gamma: float = 1.0,
-    progress: bool = False,
-) -> torch.Tensor:
-    """The state that ``sampler`` decodes from: ``x_T`` (B, C, H, W) for DDIM, (``x_T``, ``x_second``)
-    stacked as (B, 2, C, H, W) for BDIA (``gamma`` is BDIA's)."""
-    if sampler == "ddim":
-        return ddim_invert(eps_fn, x0, scheduler, num_steps, progress)
-    if sampler == "bdia":
-        return torch.stack(bdia_invert(eps_fn, x0, scheduler, num_steps, gamma, progress), dim=1)
-    raise ValueError(f"unknown sampler {sampler!r} (known: {get_args(SamplerName)})")
-
-
-def sample(
-    eps_fn: EpsFn,
-    state: torch.Tensor,
-    scheduler: DDIMScheduler,
-    num_steps: int,
-    sampler: SamplerName = "ddim",
-    gamma: float = 1.0,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Decode a state of :func:`invert` (same sampler, steps and gamma) to clean images."""
-    if sampler == "ddim":
-        return ddim_sample(eps_fn, state, scheduler, num_steps, progress)
-    if sampler == "bdia":
-        return bdia_sample(eps_fn, state[:, 0], state[:, 1], scheduler, num_steps, gamma, progress)
-    raise ValueError(f"unknown sampler {sampler!r} (known: {get_args(SamplerName)})")
-
-
-def state_shape(sampler: SamplerName, image_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Shape of one frame's state of :func:`invert` for images of ``image_shape`` (C, H, W)."""
-    return (2, *image_shape) if sampler == "bdia" else tuple(image_shape)
-
-
-def noise_maps(state: torch.Tensor, sampler: SamplerName) -> torch.Tensor:
-    """``x_T`` (B, C, H, W) of a state of :func:`invert`."""
-    return state[:, 0] if sampler == "bdia" else state
-
-
-def evaluations(scheduler: DDIMScheduler, num_steps: int, sampler: SamplerName) -> tuple[int, int]:
-    """Network evaluations per frame of (inversion, one decoding) with ``sampler`` and ``num_steps``."""
-    start = 0 if scheduler.inversion_start == "first_timestep" else 1
-    if sampler == "ddim":
-        return num_steps - 1 + start, num_steps
-    return num_steps - 1 + start, num_steps - 1

@@ -1,15 +1,51 @@
-"""Batched inversion and decoding of aligned frames with the autoencoder (DDIM or BDIA, pipeline/model/diffusion.py)."""
+"""Batched inversion and decoding of aligned frames with the autoencoder and a sampler (pipeline/model/samplers.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
-from pipeline.core.params import InferenceSettings
-from pipeline.model.diffusion import DDIMScheduler, SamplerName, invert, sample
+from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.samplers import NUM_TRAIN_TIMESTEPS, SAMPLERS, Sampler, TimestepSpacing, build_sampler
+from pipeline.model.settings import InferenceSettings
 from pipeline.model.unet import DiffusionVideoAutoencoder
+
+
+class InvertParams(InferenceSettings):
+    """Inversion of every frame, once per video; its sampler is also every edit's decoding.
+
+    The sampler's own rules (step counts, BDIA's gamma) are checked by `pipeline/model/samplers.py`.
+    """
+
+    # ddim: the paper's sampler, approximate inversion; bdia: BDIA-DDIM, exact inversion.
+    sampler: Literal[tuple(SAMPLERS)] = "ddim"  # type: ignore[valid-type]
+    steps: int = Field(default=50, ge=1, le=NUM_TRAIN_TIMESTEPS)
+    # even: i * T // S; stride: the reference's rule (range(0, T, k), refuses S that no stride k gives).
+    timestep_spacing: TimestepSpacing = "even"
+    # BDIA's weight of the backward half-step; None: 0.5, or the lowest the round-off allows at this S.
+    bdia_gamma: float | None = Field(default=None, gt=0, le=1)
+    batch_size: int = Field(default=32, ge=1)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _sampler_accepts(self) -> "InvertParams":
+        self.build_sampler(DDIMScheduler())  # raises ValueError for settings the sampler refuses
+        return self
+
+    @property
+    def sampler_config(self) -> dict:
+        """The resolved sampler settings (gamma chosen, timesteps listed): what inversions save and keys hash."""
+        return self.build_sampler(DDIMScheduler()).config()
+
+    def build_sampler(self, scheduler: DDIMScheduler) -> Sampler:
+        """The sampler these settings describe, over a model's scheduler."""
+        gamma = self.bdia_gamma if self.sampler == "bdia" else None
+        return build_sampler(scheduler, self.sampler, self.steps, self.timestep_spacing, gamma)
+
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,29 +100,22 @@ def face_codes(
 @torch.inference_mode()
 def invert_frames(
     model: DiffusionVideoAutoencoder,
-    scheduler: DDIMScheduler,
+    sampler: Sampler,
     images: torch.Tensor,
     z_face: torch.Tensor,
-    steps: int,
     settings: InferenceSettings | None = None,
-    sampler: SamplerName = "ddim",
-    gamma: float = 1.0,
 ) -> torch.Tensor:
-    """The sampler's state for a batch of clean frames: noise maps `x_T` (B, 3, R, R) for DDIM, `x_T` and
-    the latent of the second timestep (B, 2, 3, R, R) for BDIA (`gamma` is BDIA's)."""
-    return invert(denoiser(model, z_face, settings), images, scheduler, steps, sampler, gamma)
+    """The sampler's state for a batch of clean frames (:meth:`Sampler.state_shape` per frame)."""
+    return sampler.invert(denoiser(model, z_face, settings), images)
 
 
 @torch.inference_mode()
 def decode_frames(
     model: DiffusionVideoAutoencoder,
-    scheduler: DDIMScheduler,
-    noise: torch.Tensor,
+    sampler: Sampler,
+    states: torch.Tensor,
     z_face: torch.Tensor,
-    steps: int,
     settings: InferenceSettings | None = None,
-    sampler: SamplerName = "ddim",
-    gamma: float = 1.0,
 ) -> torch.Tensor:
-    """Frames decoded from states of :func:`invert_frames` made with the same sampler, steps and gamma."""
-    return sample(denoiser(model, z_face, settings), noise, scheduler, steps, sampler, gamma)
+    """Frames decoded from states of :func:`invert_frames` made with the same sampler."""
+    return sampler.sample(denoiser(model, z_face, settings), states)

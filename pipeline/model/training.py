@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from pipeline.core.device import autocast_dtype
-from pipeline.core.params import ModelParams, TrainParams
 from pipeline.faces.alignment import flip_landmark_feature
 from pipeline.model import checkpoint
 from pipeline.model.diffusion import DDIMScheduler, SamplerSettings
 from pipeline.model.losses import EMA, disentangle_loss
+from pipeline.model.settings import ModelParams, TrainParams
 from pipeline.model.unet import PRESETS, DiffusionVideoAutoencoder, UNetConfig
 
 

@@ -1,0 +1,93 @@
+"""The whole `params.yaml`, composed from the sections each concern declares, validated once at the edge.
+
+Stages that read only some sections validate a narrower view (:class:`pipeline.core.config.ParamsView`)
+so that their code does not include the schemas of sections they never read; the edit, render and
+evaluate stages and the workflows read this one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator, model_validator
+
+from pipeline.core.config import VIDEO_ID_PATTERN, Section, read_params, safe_relative_path
+from pipeline.core.config import parse_params as parse_schema
+from pipeline.editing.kinds import EditSpec
+from pipeline.editing.settings import EditParams, FitClassifiersParams, check_label_paths
+from pipeline.faces.settings import AlignParams, EncodeParams
+from pipeline.model.inversion import InvertParams
+from pipeline.model.settings import ModelParams, TrainParams, check_train_videos, training_videos
+from pipeline.video.settings import ExtractParams, RenderParams, VideoParams, check_video_ids
+
+
+class Params(Section):
+    """The whole `params.yaml`."""
+
+    videos: dict[str, VideoParams] = {}
+    # Videos that only drive motion edits: extracted, aligned and encoded, never inverted or edited.
+    drivers: dict[str, VideoParams] = {}
+    extract: ExtractParams = ExtractParams()
+    align: AlignParams = AlignParams()
+    encode: EncodeParams = EncodeParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    invert: InvertParams = InvertParams()
+    fit_classifiers: FitClassifiersParams = FitClassifiersParams()
+    edit: EditParams = EditParams()
+    edits: dict[str, EditSpec] = {}
+    render: RenderParams = RenderParams()
+
+    @field_validator("videos", "drivers")
+    @classmethod
+    def _video_ids(cls, value: dict[str, VideoParams]) -> dict[str, VideoParams]:
+        return check_video_ids(value)
+
+    @field_validator("edits")
+    @classmethod
+    def _edit_names(cls, value: dict) -> dict:
+        for name in value:
+            if not VIDEO_ID_PATTERN.match(name):
+                raise ValueError(f"edit name {name!r} must be a plain name (letters, digits, '_', '-', '.')")
+        return value
+
+    @field_validator("fit_classifiers")
+    @classmethod
+    def _label_paths_inside_data(cls, value: FitClassifiersParams) -> FitClassifiersParams:
+        return check_label_paths(value)
+
+    @model_validator(mode="after")
+    def _drivers_known(self) -> "Params":
+        for name, spec in self.edits.items():
+            driver = spec.driven_by()
+            if driver is not None and driver not in self.drivers and driver not in self.videos:
+                try:
+                    safe_relative_path(driver)
+                except ValueError as exc:
+                    raise ValueError(f"edits.{name}.driver: not a video id under drivers/videos, and {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _train_videos_known(self) -> "Params":
+        check_train_videos(self.train, self.videos)
+        return self
+
+    @property
+    def train_videos(self) -> list[str]:
+        """Videos the autoencoder trains on (all listed videos unless `train.videos` says otherwise)."""
+        return training_videos(self.train, self.videos)
+
+    def video_files(self) -> dict[str, dict[str, Path]]:
+        """The files of `drivers:` and `videos:` by id, in the order a driver id is looked up."""
+        return {section: {video_id: Path(video.path) for video_id, video in getattr(self, section).items()}
+                for section in ("drivers", "videos")}
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded params mapping; errors name the offending key."""
+    return parse_schema(raw, Params, source)
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate the whole `params.yaml`."""
+    return read_params(path, Params)
