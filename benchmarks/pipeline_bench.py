@@ -1,6 +1,6 @@
 """Every stage of the pipeline on generated face clips: frames/s, peak memory, UNet work.
 
-Run: `python benchmarks/pipeline_bench.py [--seconds 5 60] [--fps 2] [--steps 10]
+Run: `python benchmarks/pipeline_bench.py [--seconds 5 60] [--fps 2] [--sampler bdia] [--steps 10]
 [--checkpoint data/train/model.safetensors] [--out benchmarks/results/pipeline_cpu.json]`.
 
 Clips are the bundled talking-head sample looped to the requested length (same resolution, so
@@ -36,6 +36,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks.diffusion_bench import matmul_gflops, unet_flops  # noqa: E402
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.model.checkpoint import load_model  # noqa: E402
+from pipeline.model.diffusion import DDIMScheduler  # noqa: E402
+from pipeline.model.inversion import InvertParams  # noqa: E402
+from pipeline.model.samplers import SAMPLERS, Sampler  # noqa: E402
 from stages.sample import sample_path  # noqa: E402
 
 EDITS = {
@@ -96,7 +99,7 @@ def stage_commands(dva: str, clip: Path, work: Path, checkpoint: Path) -> list[t
 
 
 def benchmark_clip(dva: str, seconds: float, fps: int, root: Path, checkpoint: Path, params: Path,
-                   steps: int, gflop_per_eval: float) -> dict:
+                   sampler: Sampler, gflop_per_eval: float) -> dict:
     """Run every stage on one generated clip; returns the figures per stage."""
     clip = root / f"clip-{seconds:g}s.mp4"
     frames = make_face_clip(clip, seconds, fps)
@@ -106,16 +109,17 @@ def benchmark_clip(dva: str, seconds: float, fps: int, root: Path, checkpoint: P
         wall, peak = run_measured([*command, "--params", str(params), "--quiet"])
         row = {"stage": stage, "frames": frames, "wall_s": wall, "frames_per_s": frames / wall, "peak_rss_mib": peak}
         if stage in ("invert", "edit"):
-            evals = 2 * steps  # invert: inversion + decode; edit: edited + per-frame baseline decode
+            # invert: the inversion and its reconstruction's decode; edit: the edit and its per-frame baseline.
+            first, further = sampler.evaluations()
+            evals = first if stage == "invert" else 2 * further
             row |= {"unet_evals_per_frame": evals, "achieved_gflops": evals * frames * gflop_per_eval / wall}
         rows.append(row)
     return {"seconds": seconds, "fps": fps, "frames": frames, "stages": rows,
             "pipeline_peak_rss_mib": max(row["peak_rss_mib"] for row in rows)}
 
 
-def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch: int = 4) -> list[dict]:
-    """Seconds per frame of a DDIM decode under each inference setting the params offer."""
-    from pipeline.model.diffusion import DDIMScheduler
+def inference_variants(checkpoint: Path, device: torch.device, sampler: Sampler, batch: int = 4) -> list[dict]:
+    """Seconds per frame of a decode with `sampler` under each inference setting the params offer."""
     from pipeline.model.inversion import decode_frames, prepare_model
     from pipeline.model.settings import InferenceSettings
 
@@ -128,7 +132,8 @@ def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch
         model, _ = load_model(checkpoint, device)
         model = prepare_model(model, settings)
         size = model.config.resolution
-        noise = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        shape = (batch, *sampler.state_shape((3, size, size)))
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
         z_face = torch.randn(batch, model.config.embed_dim, generator=torch.Generator().manual_seed(1)).to(device)
         reference = None
         timings = []
@@ -136,7 +141,7 @@ def inference_variants(checkpoint: Path, device: torch.device, steps: int, batch
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            decoded = decode_frames(model, DDIMScheduler(), noise, z_face, steps, settings)
+            decoded = decode_frames(model, sampler, noise, z_face, settings)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             timings.append(time.perf_counter() - start)
@@ -223,12 +228,12 @@ def print_table(results: dict) -> None:
                   f"pass (x{multi['speedup']:.2f})")
 
 
-def run_benchmark(seconds: list[float], fps: int, steps: int, checkpoint: Path | None, root: Path,
+def run_benchmark(seconds: list[float], fps: int, invert: dict, checkpoint: Path | None, root: Path,
                   variants: bool = True) -> dict:
     """Everything the command measures, as a JSON-able dict."""
     dva = shutil.which("dva", path=str(Path(sys.executable).parent)) or "dva"
     device = resolve_device("auto")
-    base_params = {"invert": {"steps": steps}, "edits": EDITS}
+    base_params = {"invert": invert, "edits": EDITS}
     if checkpoint is None:
         base_params["model"] = {"preset": "tiny"}
     checkpoint = ensure_checkpoint(dva, checkpoint, root, base_params)
@@ -237,14 +242,16 @@ def run_benchmark(seconds: list[float], fps: int, steps: int, checkpoint: Path |
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     gflop_per_eval = unet_flops(model, device) / 1e9
+    # The evaluation counts come from the sampler the stages run, as the inversion saves its config.
+    sampler = InvertParams(**invert).build_sampler(DDIMScheduler.from_settings(model.sampler))
     results = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "steps": steps,
+        "sampler": sampler.config(),
         "unet_gflop_per_eval": gflop_per_eval,
         "matmul_gflops": matmul_gflops(device),
-        "clips": [benchmark_clip(dva, length, fps, root, checkpoint, params_file, steps, gflop_per_eval)
+        "clips": [benchmark_clip(dva, length, fps, root, checkpoint, params_file, sampler, gflop_per_eval)
                   for length in seconds],
     }
     if len(seconds) > 1:
@@ -253,7 +260,7 @@ def run_benchmark(seconds: list[float], fps: int, steps: int, checkpoint: Path |
                              "short_mib": short["pipeline_peak_rss_mib"], "long_mib": long["pipeline_peak_rss_mib"],
                              "ratio": long["pipeline_peak_rss_mib"] / short["pipeline_peak_rss_mib"]}
     if variants:
-        results["inference_variants"] = inference_variants(checkpoint, device, steps)
+        results["inference_variants"] = inference_variants(checkpoint, device, sampler)
         results["multi_edit"] = multi_edit_speed(checkpoint, params_file, root / f"work-{seconds[0]:g}s")
     return results
 
@@ -262,7 +269,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[5, 60], help="Clip lengths (default 5 60).")
     parser.add_argument("--fps", type=int, default=2, help="Frame rate of the generated clips (default 2).")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps each way (default 10).")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="bdia", help="Sampler (default bdia, "
+                        "as params.yaml).")
+    parser.add_argument("--steps", type=int, default=10, help="Sampler steps each way (default 10).")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="Model file (default: data/train/model.safetensors if present, else a tiny one "
                              "trained for 20 steps here).")
@@ -272,7 +281,8 @@ def main() -> None:
     if checkpoint is None and (REPO / "data/train/model.safetensors").is_file():
         checkpoint = REPO / "data/train/model.safetensors"
     with tempfile.TemporaryDirectory(prefix="dva-bench-") as folder:
-        results = run_benchmark(args.seconds, args.fps, args.steps, checkpoint, Path(folder))
+        invert = {"sampler": args.sampler, "steps": args.steps}
+        results = run_benchmark(args.seconds, args.fps, invert, checkpoint, Path(folder))
     print_table(results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

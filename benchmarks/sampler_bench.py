@@ -39,17 +39,17 @@ from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.hashing import sha256_file  # noqa: E402
 from pipeline.core.progress import progress_bar  # noqa: E402
 from pipeline.editing import motion  # noqa: E402
-from pipeline.editing.driving import DriverArtifacts, MotionInputs, edit_landmark_codes  # noqa: E402
+from pipeline.editing.driving import DriverArtifacts, MotionInputs  # noqa: E402
 from pipeline.editing.editing import reference_edit  # noqa: E402
-from pipeline.editing.kinds import MotionEdit  # noqa: E402
+from pipeline.editing.kinds import MotionContext, MotionEdit  # noqa: E402
 from pipeline.evaluation.landmark_metrics import detect_crop_landmarks  # noqa: E402
 from pipeline.faces.face_detection import make_landmark_detector  # noqa: E402
 from pipeline.faces.identity import make_identity_encoder  # noqa: E402
 from pipeline.faces.tracking import NO_FACE  # noqa: E402
 from pipeline.model.checkpoint import load_model  # noqa: E402
-from pipeline.model.diffusion import DDIMScheduler, evaluations, noise_maps  # noqa: E402
+from pipeline.model.diffusion import DDIMScheduler  # noqa: E402
 from pipeline.model.inversion import (  # noqa: E402
-    InvertParams,  # noqa: E402
+    InvertParams,
     decode_frames,
     face_codes,
     invert_frames,
@@ -116,7 +116,9 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
     motion_codes = None
     if driver:
         spec = MotionEdit(kind="motion", driver=str(driver.drivers[MOTION_EDIT].source), mode="absolute")
-        motion_codes = edit_landmark_codes(MOTION_EDIT, spec, encode, driver)[0]
+        valid = np.array([state != NO_FACE for state in status])
+        backend = features.metadata.get("landmark_feature_backend")
+        motion_codes = spec.motion_codes(MotionContext(MOTION_EDIT, landmarks, valid, backend, driver))[0]
     detector = make_landmark_detector("dlib", None, 0, 0.5)
     rows_of_frames = np.arange(len(frames))
 
@@ -129,7 +131,9 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
             for gamma in ((1.0,) if sampler == "ddim" else gammas or (1.0,))
             if sampler == "ddim" or bdia_accepts(gamma, count)]
     rows, reference_edit_images = [], None
-    for sampler, count, gamma in progress_bar(runs, enabled=progress, total=len(runs), desc="samplers"):
+    for name, count, gamma in progress_bar(runs, enabled=progress, total=len(runs), desc="samplers"):
+        sampler = InvertParams(sampler=name, steps=count, bdia_gamma=gamma if name == "bdia" else None
+                               ).build_sampler(scheduler)
         recon, edited, driven, std = [], [], [], []
         invert_s = decode_s = 0.0
         for chunk in chunks:
@@ -137,19 +141,17 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
             with torch.inference_mode():
                 z_face = face_codes(model, identity, landmarks[frames[chunk]], device)
                 z_edit = face_codes(model, edited_identity, landmarks[frames[chunk]], device)
-            state, seconds = _timed(device, lambda: invert_frames(model, scheduler, images, z_face, count, None,
-                                                                  sampler, gamma))
+            state, seconds = _timed(device, lambda: invert_frames(model, sampler, images, z_face))
             invert_s += seconds
-            decoded, seconds = _timed(device, lambda: decode_frames(model, scheduler, state, z_face, count, None,
-                                                                    sampler, gamma))
+            decoded, seconds = _timed(device, lambda: decode_frames(model, sampler, state, z_face))
             decode_s += seconds
             recon.append(decoded.cpu())
-            edited.append(decode_frames(model, scheduler, state, z_edit, count, None, sampler, gamma).cpu())
+            edited.append(decode_frames(model, sampler, state, z_edit).cpu())
             if motion_codes is not None:
                 with torch.inference_mode():
                     z_motion = face_codes(model, identity, motion_codes[frames[chunk]], device)
-                driven.append(decode_frames(model, scheduler, state, z_motion, count, None, sampler, gamma).cpu())
-            std.extend(noise_maps(state, sampler).flatten(1).std(dim=1).cpu().tolist())
+                driven.append(decode_frames(model, sampler, state, z_motion).cpu())
+            std.extend(sampler.noise_maps(state).flatten(1).std(dim=1).cpu().tolist())
         recon, edited = torch.cat(recon), torch.cat(edited)
         following = {}
         if motion_codes is not None:
@@ -161,13 +163,13 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
         if reference_edit_images is None:  # the first run: DDIM at the largest S
             reference_edit_images = edited
         psnr, ssim = frame_quality(source, recon)
-        invert_evals, decode_evals = evaluations(scheduler, count, sampler)
+        first_edit, further_edit = sampler.evaluations()
         rows.append({
-            "sampler": sampler,
+            "sampler": name,
             "steps": count,
-            "gamma": gamma if sampler == "bdia" else None,
-            "unet_evals_per_frame": {"invert": invert_evals, "decode": decode_evals,
-                                     "first_edit": invert_evals + decode_evals, "further_edit": decode_evals},
+            "gamma": gamma if name == "bdia" else None,
+            "unet_evals_per_frame": {"invert": first_edit - further_edit, "decode": further_edit,
+                                     "first_edit": first_edit, "further_edit": further_edit},
             "invert_s_per_frame": invert_s / len(frames),
             "decode_s_per_frame": decode_s / len(frames),
             "psnr": float(np.mean(psnr)),

@@ -13,9 +13,12 @@ from pydantic import field_validator, model_validator
 
 from pipeline.core.config import VIDEO_ID_PATTERN, Section, read_params, safe_relative_path
 from pipeline.core.config import parse_params as parse_schema
+from pipeline.core.conventions import Conventions
+from pipeline.core.errors import ParamsError
 from pipeline.editing.kinds import EditSpec
 from pipeline.editing.settings import EditParams, FitClassifiersParams, check_label_paths
 from pipeline.faces.settings import AlignParams, EncodeParams
+from pipeline.model.checkpoint import model_conventions, model_resolution
 from pipeline.model.inversion import InvertParams
 from pipeline.model.settings import ModelParams, TrainParams, check_train_videos, training_videos
 from pipeline.video.settings import ExtractParams, RenderParams, VideoParams, check_video_ids
@@ -24,6 +27,8 @@ from pipeline.video.settings import ExtractParams, RenderParams, VideoParams, ch
 class Params(Section):
     """The whole `params.yaml`."""
 
+    # What every step follows: the project's choices, the reference's, or the checkpoint's own (auto).
+    conventions: Conventions = "auto"
     videos: dict[str, VideoParams] = {}
     # Videos that only drive motion edits: extracted, aligned and encoded, never inverted or edited.
     drivers: dict[str, VideoParams] = {}
@@ -81,6 +86,26 @@ class Params(Section):
         """The files of `drivers:` and `videos:` by id, in the order a driver id is looked up."""
         return {section: {video_id: Path(video.path) for video_id, video in getattr(self, section).items()}
                 for section in ("drivers", "videos")}
+
+
+def for_checkpoint(params: Params, checkpoint: Path, conventions: Conventions | None = None,
+                   source: str = "params.yaml") -> Params:
+    """`params` as a run of `checkpoint` from the first step needs them.
+
+    `conventions` (a command-line choice) replaces the file's; `auto` becomes the model's own (`reference` for
+    an imported model), whose profile then fills what the file leaves unset. The crops take the model's
+    resolution; an explicit `model.resolution` that differs is an error naming both.
+    """
+    explicit = params.model_dump(exclude_unset=True)
+    chosen = conventions or params.conventions
+    explicit["conventions"] = model_conventions(checkpoint) if chosen == "auto" else chosen
+    resolution = model_resolution(checkpoint)
+    model = explicit.setdefault("model", {})
+    if model.get("resolution", resolution) != resolution:
+        raise ParamsError(f"{source}: model.resolution is {model['resolution']} but {checkpoint} is a "
+                          f"{resolution} px model: remove the setting or set it to {resolution}")
+    model["resolution"] = resolution
+    return parse_params(explicit, source)
 
 
 def parse_params(raw: object, source: str = "params.yaml") -> Params:

@@ -50,7 +50,7 @@ def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndar
     for index in np.flatnonzero(valid):
         centers[index], axes[index] = alignment.crop_frame(track.landmarks[index])
     centers, axes = alignment.smooth_crops(
-        centers, axes, valid, params.smooth_center_sigma, params.smooth_vector_sigma
+        centers, axes, valid, params.smooth_center_sigma, params.smooth_vector_sigma, params.smooth_edges
     )
     transforms = np.full((len(valid), 2, 3), np.nan)
     for index in np.flatnonzero(valid):
@@ -88,7 +88,9 @@ def align_video(
         for index, rgb in enumerate(progress_bar(frames, enabled=progress, total=count, desc="align crops")):
             if track.status[index] == NO_FACE:
                 continue
-            crops[index] = alignment.warp_to_crop(rgb, transforms[index], size)
+            crops[index] = alignment.warp_to_crop(
+                rgb, transforms[index], size
+            )
             crop_landmarks[index] = alignment.apply_transform(transforms[index], track.landmarks[index])
             masks[index] = alignment.face_mask(crop_landmarks[index], size, params.mask_feather)
         if params.parsing_weights:

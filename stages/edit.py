@@ -31,12 +31,12 @@ from pipeline.core.device import resolve_device
 from pipeline.core.errors import DvaError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.progress import progress_bar
-from pipeline.editing.compositing import blend, edit_blend_mask
+from pipeline.editing.compositing import composite_crop
 from pipeline.editing.driving import MotionInputs, stage_output_drivers
 from pipeline.editing.kinds import FirstFrame, IdentityContext, MotionContext
 from pipeline.faces.identity import l2_normalise
 from pipeline.faces.tracking import NO_FACE
-from pipeline.model.checkpoint import load_model
+from pipeline.model.checkpoint import load_model, require_explicit_conventions
 from pipeline.model.diffusion import DDIMScheduler
 from pipeline.model.inversion import decode_frames, face_codes, prepare_model, to_uint8_crops
 from pipeline.model.samplers import sampler_from_config
@@ -102,7 +102,9 @@ def edit_videos(
     aligned, features, inversion = open_crops(align_dir), read_features(encode_dir), read_inversion(invert_dir)
     crops, masks, noise, recon = aligned.crops, aligned.masks, inversion.noise, inversion.reconstruction
     status, frame_identities, landmarks = features.status, features.identities, features.landmarks
-    video_identity, invert_meta = features.video_identity, inversion.metadata
+    invert_meta = inversion.metadata
+    # The identity code the frames were inverted with (inversions that predate its record used encode's).
+    video_identity = np.asarray(invert_meta.get("video_identity", features.video_identity), dtype=np.float32)
     valid = np.array([state != NO_FACE for state in status])
     frames = np.flatnonzero(valid)
     first = int(frames[0])
@@ -152,9 +154,8 @@ def edit_videos(
                 images, alphas = outputs[key]
                 for offset, row in enumerate(rows):
                     image = decoded[stream * len(rows) + offset]
-                    alpha = edit_blend_mask(face[offset], image, reconstruction[offset], settings.region_threshold,
-                                            settings.region_dilation, settings.feather)
-                    images[row] = blend(image, source[offset], alpha)
+                    images[row], alpha = composite_crop(image, source[offset], face[offset], reconstruction[offset],
+                                                        settings)
                     alphas[row] = np.round(alpha * 255).astype(np.uint8)
         for arrays in outputs.values():
             for array in arrays:
@@ -204,6 +205,7 @@ def cli(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     settings = load_params(params)
+    require_explicit_conventions(settings.conventions, checkpoint, params)
     motion = None
     if extract_dir is not None:
         spec = settings.edits.get(name)

@@ -1,6 +1,7 @@
 """Invert every aligned frame of a video to its noise map, once, for all later edits.
 
-Conditioning: the video's mean identity and each frame's landmark feature. The sampler is
+Conditioning: the video's identity code (`invert.video_identity`: the normalised mean, or the reference's
+raw mean) and each frame's landmark feature. The sampler is
 `invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/model/samplers.py). Outputs in
 OUT_DIR: `noise.npy`, float32, zeros for no_face frames: the sampler's state per frame, (N, 3, R, R)
 noise maps `x_T` for DDIM, (N, 2, 3, R, R) `x_T` and the latent of the second timestep for BDIA;
@@ -23,13 +24,14 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.config import ParamsView, override_params, read_params
+from pipeline.core.conventions import Conventions
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import write_table
 from pipeline.faces.tracking import NO_FACE
-from pipeline.model.checkpoint import load_model
+from pipeline.model.checkpoint import load_model, require_explicit_conventions
 from pipeline.model.diffusion import DDIMScheduler
 from pipeline.model.inversion import (
     InvertParams,
@@ -54,6 +56,7 @@ from pipeline.runs.lineage import cli_run_id, write_lineage
 class InvertView(ParamsView):
     """The sections of params.yaml the invert stage reads."""
 
+    conventions: Conventions = "auto"
     invert: InvertParams = InvertParams()
 
 
@@ -84,7 +87,7 @@ def invert_video(
     model, model_meta = load_model(checkpoint, device)
     model = prepare_model(model, params)
     crops, features = open_crops(align_dir).crops, read_features(encode_dir)
-    status, landmarks, identity = features.status, features.landmarks, features.video_identity
+    status, landmarks, identity = features.status, features.landmarks, params.identity_code(features)
     features_meta = features.metadata
     if crops.shape[1] != model.config.resolution:
         raise InputError(align_dir, f"crops are {crops.shape[1]} px but the model is {model.config.resolution} px")
@@ -135,7 +138,8 @@ def invert_video(
                 "ssim": pa.array(ssim),
                 "noise_std": pa.array(noise_std),
             },
-            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "video_identity": identity.tolist()}
+            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "video_identity": identity.tolist(),
+             "video_identity_rule": params.video_identity}
             | sampler.config(),
         )
         (work / INVERT_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -154,6 +158,7 @@ def cli(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     settings = read_params(params, InvertView)
+    require_explicit_conventions(settings.conventions, checkpoint, params)
     if steps is not None:
         settings = override_params(settings, "invert", "--steps", steps=steps)
     settings = settings.invert

@@ -7,9 +7,13 @@ visible seam or a drifting face in the final video.
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter1d
 
 from pipeline.faces import alignment
 from pipeline.faces.alignment import (
@@ -25,6 +29,7 @@ from pipeline.faces.alignment import (
     warp_to_crop,
     warp_to_frame,
 )
+from pipeline.faces.settings import AlignParams
 
 # iBUG 68-point left/right partners, written out from the annotation scheme independently of
 # `alignment.MIRROR_68`, so the tests check that table rather than repeat it.
@@ -244,6 +249,219 @@ def test_zero_sigma_disables_smoothing():
     smoothed_centers, smoothed_axes = smooth_crops(centers, axes, np.ones(10, bool), 0.0, 0.0)
     np.testing.assert_array_equal(smoothed_centers, centers)
     np.testing.assert_array_equal(smoothed_axes, axes)
+
+
+def scipy_reflect_smoothing(values: np.ndarray, sigma: float) -> np.ndarray:
+    """scipy's `reflect` Gaussian smoothing along axis 0, written out: the sampled Gaussian over
+    +-round(4 sigma) frames (scipy's `truncate`), normalised, with each end mirrored about its outer
+    edge so the end frame repeats (d c b a | a b c d | d c b a)."""
+    radius = int(4 * sigma + 0.5)
+    assert len(values) >= radius, "one mirror image must cover the kernel"
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    padded = np.concatenate([values[:radius][::-1], values, values[-radius:][::-1]])
+    return np.stack([np.convolve(padded[:, k], taps, mode="valid") for k in range(values.shape[1])], axis=1)
+
+
+def reference_quads(centers: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """(..., 4, 2) quads in the reference's corner order: c-x-y, c-x+y, c+x+y, c+x-y."""
+    return np.stack([centers - xs - ys, centers - xs + ys, centers + xs + ys, centers + xs - ys], axis=-2)
+
+
+def test_reference_smoothing_equals_scipy_reflect_and_differs_from_nearest_at_the_ends():
+    # A face drifting and turning (and zooming) over 30 frames, with landmark noise: the reference
+    # smooths the centre (sigma 1) and both quad vectors (sigma 3) over all frames with scipy's
+    # default edges, then builds the quad from them.
+    rng = np.random.default_rng(5)
+    count = 30
+    frames = np.arange(count)[:, None]
+    centers = 100 + frames * [2.0, -0.7] + rng.normal(0, 1.5, (count, 2))
+    angle = 0.02 * frames[:, 0]
+    axes = (40 + 0.5 * frames) * np.stack([np.cos(angle), np.sin(angle)], axis=1) + rng.normal(0, 0.8, (count, 2))
+    ys = np.flipud(axes.T).T * [-1, 1]  # the reference's y: x turned by +90 degrees, smoothed on its own
+
+    expected = reference_quads(
+        scipy_reflect_smoothing(centers, 1.0), scipy_reflect_smoothing(axes, 3.0), scipy_reflect_smoothing(ys, 3.0)
+    )
+    # The written-out smoothing is scipy's default mode, the call the reference makes.
+    np.testing.assert_allclose(expected[:, 0], (gaussian_filter1d(centers, 1.0, axis=0)
+                                                - gaussian_filter1d(axes, 3.0, axis=0)
+                                                - gaussian_filter1d(ys, 3.0, axis=0)), atol=1e-9)
+
+    def project_quads(edges: str) -> np.ndarray:
+        smoothed_centers, smoothed_axes = smooth_crops(centers, axes, np.ones(count, bool), 1.0, 3.0, edges)
+        return reference_quads(smoothed_centers, smoothed_axes, alignment.perpendicular(smoothed_axes))
+
+    np.testing.assert_allclose(project_quads("reflect"), expected, atol=1e-9)
+    # `nearest` (the default) agrees away from the ends, where neither kernel reaches past the
+    # clip (12 frames for sigma 3), and moves the end quads by more than half a pixel.
+    nearest = project_quads("nearest")
+    np.testing.assert_allclose(nearest[12:-12], expected[12:-12], atol=1e-9)
+    shift = np.abs(nearest - expected).max(axis=(1, 2))
+    assert shift[0] > 0.5 and shift[-1] > 0.5, shift
+
+
+def frame_pixel_positions(matrix: np.ndarray, size: int) -> np.ndarray:
+    """(size, size, 2) frame coordinates (x, y) of each crop pixel centre."""
+    ys, xs = np.mgrid[0:size, 0:size]
+    centres = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    return apply_transform(invert_transform(matrix), centres).reshape(size, size, 2)
+
+
+@pytest.mark.parametrize("warp_size", [None, 256])
+def test_crop_is_black_outside_the_frame_with_outside_black(warp_size):
+    width, height, size = 120, 100, 64
+    frame = np.full((height, width, 3), 200, np.uint8)
+    landmarks = placed_face(20.0, 12.0, (16.0, 22.0))  # near the top-left corner: the quad leaves the frame
+    matrix = crop_transform(*crop_frame(landmarks), size)
+    where = frame_pixel_positions(matrix, size)
+    # Bilinear sampling mixes frame and fill within a pixel of the frame's edge, and the PIL path's
+    # final resize within one more crop pixel: only pixels clear of both are pure.
+    margin = 1.0 + 2.0 * np.sqrt(1 / abs(np.linalg.det(matrix[:, :2])))
+    beyond = (where < -0.5 - margin) | (where > np.array([width, height]) - 0.5 + margin)
+    within = (where > -0.5 + margin) & (where < np.array([width, height]) - 0.5 - margin)
+    outside, inside = beyond.any(axis=2), within.all(axis=2)
+    assert outside.mean() > 0.1 and inside.mean() > 0.3  # the case really straddles the edge
+
+    black = warp_to_crop(frame, matrix, size, outside="black", warp_size=warp_size)
+    assert black.shape == (size, size, 3) and black.dtype == np.uint8
+    assert black[outside].max() == 0
+    assert black[inside].min() == black[inside].max() == 200
+    # The default mirrors the frame: nothing is black.
+    reflected = warp_to_crop(frame, matrix, size, outside="reflect", warp_size=warp_size)
+    assert reflected.min() == reflected.max() == 200
+
+
+def test_reflected_border_is_the_same_through_either_warp():
+    # `outside: reflect` with `warp_size` pads the frame for PIL's warp; the padding must mirror the
+    # frame as OpenCV's BORDER_REFLECT_101 does. OpenCV interpolates with 1/32-px weights and PIL
+    # exactly, so on this smooth frame (under 4 levels per pixel) they agree to a level.
+    width, height, size = 120, 100, 64
+    ys, xs = np.mgrid[0:height, 0:width]
+    gray = 128 + 60 * np.sin(xs / 9.0) * np.cos(ys / 13.0) + 0.5 * xs - 0.3 * ys
+    frame = np.repeat(np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    matrix = crop_transform(*crop_frame(placed_face(20.0, -15.0, (14.0, 80.0))), size)
+    opencv = warp_to_crop(frame, matrix, size).astype(int)
+    pil = warp_to_crop(frame, matrix, size, warp_size=size).astype(int)
+    assert np.abs(pil - opencv).max() <= 1
+
+
+def reference_warp(frame: np.ndarray, quad: np.ndarray, warp_size: int) -> np.ndarray:
+    """crop_image(frame, warp_size, quad) of the reference (editing_classifier.py) step by step: an
+    integer Lanczos shrink of very large faces, a crop to the quad's box plus a border, then PIL's
+    quad warp (black outside the frame)."""
+    quad = np.array(quad, dtype=np.float64)
+    image = Image.fromarray(frame)
+    diagonal = np.hypot(*(quad[3] - quad[1]))
+    shrink = int(np.floor(diagonal / warp_size * 0.5))
+    if shrink > 1:
+        image = image.resize((int(np.rint(image.width / shrink)), int(np.rint(image.height / shrink))),
+                             Image.Resampling.LANCZOS)
+        quad /= shrink
+        diagonal /= shrink
+    border = max(int(np.rint(diagonal * 0.1)), 3)
+    left, top = np.maximum(np.floor(quad.min(axis=0)).astype(int) - border, 0)
+    right, bottom = np.minimum(np.ceil(quad.max(axis=0)).astype(int) + border, image.size)
+    if right - left < image.width or bottom - top < image.height:
+        image = image.crop((left, top, right, bottom))
+        quad -= [left, top]
+    warped = image.transform((warp_size, warp_size), Image.Transform.QUAD, (quad + 0.5).flatten(),
+                             Image.Resampling.BILINEAR)
+    return np.asarray(warped)
+
+
+def reference_load(warped: np.ndarray, size: int) -> np.ndarray:
+    """The reference's crop as its model sees it: `.save(... .jpg)` with Pillow's defaults, then
+    ImageDataset's loading (RGB, torchvision's Resize to `size`)."""
+    from torchvision import transforms
+
+    stored = io.BytesIO()
+    Image.fromarray(warped).save(stored, format="JPEG")
+    stored.seek(0)
+    with Image.open(stored) as image:
+        return np.asarray(transforms.Resize(size)(image.convert("RGB")))
+
+
+@pytest.mark.parametrize(
+    ("warp_size", "size", "center", "half_side", "angle"),
+    [
+        # The reference's sizes, the quad crossing the frame's left and bottom edges.
+        (1024, 256, (61.7, 203.4), 83.3, 0.31),
+        # A quad diagonal over 4x the warp size: the reference's integer shrink (here by 2).
+        (64, 32, (181.2, 139.6), 107.9, -0.12),
+    ],
+)
+def test_reference_settings_crop_as_the_reference_does(warp_size, size, center, half_side, angle):
+    rng = np.random.default_rng(6)
+    width, height = 360, 280
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1.0)
+    center = np.array(center)
+    x = half_side * np.array([np.cos(angle), np.sin(angle)])
+    y = np.flipud(x) * [-1, 1]
+    quad = reference_quads(center, x, y)
+    reference_warped = reference_warp(frame, quad, warp_size)
+    expected = reference_load(reference_warped, size).astype(int)
+
+    # The project derives the quad from the frame-to-crop matrix it stores: ~1e-13 px from the
+    # reference's c +- x +- y. PIL rounds each bilinear sample to an integer, so a sample on an exact
+    # rounding tie can come out one level apart; measured: none here (the crops are identical),
+    # about 2 in 1e5 warp pixels with round-number coordinates. JPEG can spread such a one-level
+    # change over its 8x8 block and the reduction averages it down, hence up to 2 levels, almost all
+    # pixels equal. Measured on these cases, no JPEG round trip, quality 90, OpenCV's warp or a
+    # quarter-pixel shift differ by 0.8 to 5 levels on average, with maxima of 8 or more.
+    warped = warp_to_crop(frame, crop_transform(center, x, warp_size), warp_size, outside="black",
+                          warp_size=warp_size)
+    assert np.abs(warped.astype(int) - reference_warped).max() <= 1
+    assert np.mean(warped != reference_warped) < 1e-3
+
+    crop = warp_to_crop(frame, crop_transform(center, x, size), size, outside="black", warp_size=warp_size,
+                        jpeg_quality=75).astype(int)
+    assert crop.shape == expected.shape == (size, size, 3)
+    assert np.abs(crop - expected).max() <= 2
+    assert np.abs(crop - expected).mean() < 0.05
+    assert (expected == 0).all(axis=2).any() == (warp_size == 1024)  # the first case has black corners
+
+
+def test_default_settings_keep_the_project_crop():
+    # Results made before these settings existed must not change: nearest smoothing edges, an
+    # OpenCV warp straight to the crop size with mirrored borders, no JPEG.
+    params = AlignParams()
+    assert (params.smooth_edges, params.outside, params.warp_size, params.jpeg_quality) == (
+        "nearest", "reflect", None, None)
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    matrix = crop_transform(*crop_frame(placed_face(20.0, 8.0, (20.0, 50.0))), 64)
+    expected = cv2.warpAffine(frame, matrix, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(warp_to_crop(frame, matrix, 64), expected)
+
+
+def test_align_stage_applies_the_reference_crop_settings(sample_extract, sample_align, tmp_path):
+    # The settings reach the stage: transforms smoothed with reflected edges over the whole clip,
+    # crops warped through PIL at the warp size with a JPEG round trip (a 128 px warp keeps it quick).
+    from pipeline.core.tables import column_matrix, read_table
+    from pipeline.runs.artifacts import ALIGN_TABLE_FILE, FRAMES_FILE, open_crops, read_alignment
+    from pipeline.video.video_io import read_lossless_frames
+    from stages.align import align_video
+
+    size = open_crops(sample_align).crops.shape[1]
+    params = AlignParams(smooth_edges="reflect", outside="black", warp_size=128, jpeg_quality=75)
+    align_video(sample_extract, tmp_path / "align", params, size, progress=False)
+
+    table, _ = read_table(tmp_path / "align" / ALIGN_TABLE_FILE)
+    landmarks = column_matrix(table, "landmarks").reshape(-1, 68, 2)
+    result = read_alignment(tmp_path / "align")
+    assert "no_face" not in result.status  # one run of frames (some interpolated): smoothed as a whole
+    centers, axes = map(np.array, zip(*(crop_frame(points) for points in landmarks)))
+    smoothed_centers, smoothed_axes = gaussian_filter1d(centers, 1.0, axis=0), gaussian_filter1d(axes, 3.0, axis=0)
+    expected = np.stack([crop_transform(c, x, size) for c, x in zip(smoothed_centers, smoothed_axes)])
+    np.testing.assert_allclose(result.transforms, expected, atol=1e-9)
+    assert not np.allclose(result.transforms, read_alignment(sample_align).transforms, atol=1e-3)
+
+    crops = open_crops(tmp_path / "align").crops
+    for index, frame in enumerate(read_lossless_frames(sample_extract / FRAMES_FILE)):
+        expected_crop = warp_to_crop(frame, result.transforms[index], size, "black", 128, 75)
+        np.testing.assert_array_equal(crops[index], expected_crop)
+    assert not np.array_equal(crops, open_crops(sample_align).crops)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from stages.cli import STAGE_MODULES
 
 from .conftest import REPO_ROOT
 
+
 def _stages() -> dict[str, dict]:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 

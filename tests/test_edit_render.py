@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.faces.settings import EncodeParams
 from pipeline.editing.compositing import blend
 from pipeline.faces.alignment import warp_to_frame
+from pipeline.faces.settings import EncodeParams
 from pipeline.faces.tracking import NO_FACE
 from pipeline.runs.artifacts import (
     ALPHA_FILE,

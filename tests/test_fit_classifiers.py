@@ -22,9 +22,9 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline.core.errors import DvaError, InputError
+from pipeline.editing.editing import AttributeClassifier
 from pipeline.editing.settings import FitClassifiersParams
 from pipeline.faces.settings import AlignParams, EncodeParams
-from pipeline.editing.editing import AttributeClassifier
 from stages import fit_classifiers as stage
 
 CROP_SIZE = 64

@@ -19,6 +19,7 @@ from pipeline.core.tables import read_table
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.checkpoint import load_model
 from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.samplers import sampler_from_config
 from pipeline.model.inversion import decode_frames, face_codes, to_uint8_crops
 from pipeline.runs.artifacts import (
     EDITED_FILE,
@@ -93,8 +94,8 @@ def code_effects(checkpoint: Path, align: Path, encode: Path, invert: Path) -> C
     with torch.inference_mode():
         z_face = face_codes(model, np.stack([identity, identity, stranger]),
                             landmarks[[frame, other, frame]], torch.device("cpu"))
-    decoded = to_uint8_crops(decode_frames(model, DDIMScheduler.from_settings(model.sampler), x_T, z_face,
-                                           int(meta["steps"]), None, meta["sampler"], meta["bdia_gamma"]))
+    sampler = sampler_from_config(DDIMScheduler.from_settings(model.sampler), meta)
+    decoded = to_uint8_crops(decode_frames(model, sampler, x_T, z_face))
     decoded = decoded.astype(np.float32)
     face = np.asarray(masks[frame]) > 127
     assert face.sum() > 0.1 * face.size  # a real face region, not a sliver
@@ -165,6 +166,7 @@ def test_bdia_inversion_stores_two_latents_and_reconstructs_exactly(bdia_inversi
     assert noise.shape == (count, 2, 3, size, size) and np.isfinite(noise).all()
     _, meta = read_table(bdia_inversion / INVERT_TABLE_FILE)
     assert (meta["sampler"], meta["steps"], meta["bdia_gamma"]) == ("bdia", 5, 0.5)
+    assert meta["timesteps"] == [0, 200, 400, 600, 800] and meta["timestep_spacing"] == "even"
     metrics = json.loads((bdia_inversion / INVERT_METRICS_FILE).read_text())
     # Measured on the float decode (observed ~100 dB); DDIM at S=5 gets ~20 dB from this model.
     assert metrics["psnr"] > 60 and metrics["ssim"] > 0.9999, metrics
@@ -181,7 +183,7 @@ def test_edits_decode_with_the_inversions_sampler(micro_model, bdia_inversion, s
     out = {name: tmp_path / name for name in BDIA_EDITS}
     infos = edit_videos(out, params, micro_model.checkpoint, sample_run.align, sample_run.encode, bdia_inversion,
                         baseline=False, progress=False)
-    assert {info["sampler"] for info in infos.values()} == {"bdia"}
+    assert {info["sampler"]["sampler"] for info in infos.values()} == {"bdia"}
     aligned = open_crops(sample_run.align)
     crops, masks = aligned.crops, aligned.masks
     faces = [index for index, state in enumerate(read_features(sample_run.encode).status) if state != NO_FACE]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import ParamsError
-from pipeline.params import parse_params
 from pipeline.editing import motion
+from pipeline.params import parse_params
 
 
 def _shape() -> np.ndarray:

@@ -166,8 +166,8 @@ MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")  # Debia
 @pytest.mark.slow
 @pytest.mark.skipif(not MEGAMIND.is_file(), reason="needs Debian's opencv-doc (apt-get install opencv-doc)")
 def test_dva_edit_follows_another_persons_clip(micro_model, sample_clip, tmp_path):
-    from workflows.one_off import edit_one_video
     from tests.conftest import write_video
+    from workflows.one_off import edit_one_video
 
     # Megamind's face is found from about frame 60 on; a 720x528 clip at 24 fps of it drives the sample.
     frames = [frame.rgb for frame in iter_frames(MEGAMIND, max_frames=60 + SAMPLE_FRAMES)][60:]

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.core.errors import InputError, MissingWeightsError
-from pipeline.faces.settings import EncodeParams
 from pipeline.faces.networks import StateDictMismatch
 from pipeline.faces.networks.face_encoder import ReferenceFaceEncoder, load_reference_encoders
 from pipeline.faces.networks.face_parsing import FaceParser, build_face_parser, parsing_face_mask
 from pipeline.faces.networks.irse50 import IRSE50, build_irse50
 from pipeline.faces.networks.landmark_net import LandmarkNet, build_landmark_net, drop_unused_alias
+from pipeline.faces.settings import EncodeParams
 from pipeline.faces.tracking import NO_FACE
 from tests.reference_fixture import formula_state, golden, max_abs_difference, reference_keys, tolerance
 

@@ -6,21 +6,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.editing.kinds import TextEdit
 from pipeline.editing.editing import l2norm
+from pipeline.editing.kinds import TextEdit
 from pipeline.editing.text_edit import (
     PROMPT_TEMPLATES,
     _clip_image_features,
     _direction_loss,
     _TextObjective,
     apply_text_direction,
-    inversion_timesteps,
     invert_to_t_start,
     load_clip,
     optimise_text_direction,
     short_timesteps,
     text_direction,
     tiny_clip,
+    trajectory_sampler,
 )
 from pipeline.model.diffusion import DDIMScheduler
 
@@ -50,6 +50,7 @@ class FakeScheduler:
     """Euler-like updates with the DDIMScheduler interface; only the contract matters here."""
 
     inversion_start = "clean"
+    num_train_timesteps = 1000
 
     def step(self, eps, t, t_prev, x_t):
         return x_t - (t - t_prev) / 1000 * eps
@@ -76,13 +77,21 @@ def test_short_timesteps():
     assert short_timesteps(500, 1) == [500]
 
 
-def test_inversion_timesteps_follow_the_scheduler():
+@pytest.mark.parametrize("start, t_start, num_steps, evaluated", [
     # The reference treats the clean frame as the sample at timestep 0: four steps up to 800.
-    assert inversion_timesteps(800, 5, "first_timestep") == [0, 200, 400, 600, 800]
-    assert inversion_timesteps(800, 5, "clean") == [-1, 0, 200, 400, 600, 800]
-    assert inversion_timesteps(500, 1, "first_timestep") == [0, 500]
-    with pytest.raises(ValueError, match="inversion_start"):
-        inversion_timesteps(800, 5, "noisy")
+    ("first_timestep", 800, 5, [0, 200, 400, 600]),
+    # From the clean image (fed as timestep 0) to 0 first, then up the grid.
+    ("clean", 800, 5, [0, 0, 200, 400, 600]),
+    # A one-step grid that does not start at 0: one step from the clean frame at 0 up to 500.
+    ("first_timestep", 500, 1, [0]),
+])
+def test_the_trajectory_inversion_follows_the_scheduler(start, t_start, num_steps, evaluated):
+    seen = []
+    spec = TextEdit(kind="text", target_text="face with a beard", t_start=t_start, num_steps=num_steps)
+    sampler = trajectory_sampler(DDIMScheduler(inversion_start=start), spec)
+    sampler.invert(lambda x, t: seen.append(int(t[0])) or torch.zeros_like(x), torch.zeros(1, 3, 4, 4))
+    assert seen == evaluated
+    assert sampler.timesteps == short_timesteps(t_start, num_steps)
 
 
 @pytest.mark.parametrize("start", ["clean", "first_timestep"])
@@ -133,12 +142,14 @@ def test_text_direction_averages_normalised_template_features():
     assert direction.shape == (32,)
 
 
-def test_clip_preprocessing_resizes_without_antialiasing():
+def test_clip_preprocessing_resizes_the_shorter_side_and_crops_the_centre():
+    # Square inputs are checked against the reference in test_clip_reference; here a wide frame.
     clip_model, _ = tiny_clip(image_size=16)
-    images = torch.rand(2, 3, 40, 40) * 2 - 1
+    images = torch.rand(2, 3, 40, 56) * 2 - 1
     with torch.no_grad():
         feats = _clip_image_features(clip_model, images)
-        x = F.interpolate((images + 1) / 2, size=(16, 16), mode="bicubic", align_corners=False, antialias=False)
+        x = F.interpolate((images + 1) / 2, size=(16, 22), mode="bicubic", align_corners=False, antialias=True)
+        x = x[..., 3:19]
         mean = torch.tensor(clip_model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(clip_model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
         expected = F.normalize(clip_model.encode_image((x - mean) / std), dim=-1)

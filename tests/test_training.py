@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.settings import ModelParams, TrainParams
 from pipeline.faces.alignment import flip_landmark_feature
 from pipeline.model.checkpoint import load_model
 from pipeline.model.diffusion import DDIMScheduler, SamplerSettings
 from pipeline.model.losses import disentangle_loss
+from pipeline.model.settings import ModelParams, TrainParams
 from pipeline.model.training import build_config, sample_batch, train
 from pipeline.model.unet import DiffusionVideoAutoencoder
 from stages.train import load_clip

@@ -36,7 +36,7 @@ from pipeline.core.atomic import atomic_output_dir, atomic_output_file
 from pipeline.core.errors import DriverError, DvaError, InputError
 from pipeline.core.hashing import content_key, sha256_file
 from pipeline.editing.kinds import EditKind
-from pipeline.params import Params, load_params
+from pipeline.params import Params, for_checkpoint, load_params
 from pipeline.runs.lineage import read_lineage, write_lineage
 from pipeline.runs.store import StageKeys, stage_keys
 from pipeline.runs.work_store import WorkStore, is_complete
@@ -373,13 +373,14 @@ def batch_flow(
     videos. Stage outputs are cached by content under `out_root/work`.
     """
     out = Path(out_root)
-    params = load_params(Path(params_file))
+    if not Path(checkpoint).is_file():
+        raise InputError(checkpoint, "checkpoint not found")
+    # Conventions and crop size follow the checkpoint from the first step (pipeline/params.py).
+    params = for_checkpoint(load_params(Path(params_file)), Path(checkpoint), source=params_file)
     specs = resolve_edits(edits, params)
     # Inline and file specs join the named ones, so every stage finds each edit under its name.
     params = params.model_copy(update={"edits": specs})
     sources = discover_videos(Path(videos))
-    if not Path(checkpoint).is_file():
-        raise InputError(checkpoint, "checkpoint not found")
     ensure_gpu_limit(gpu_slots)
     rows = _run_videos(sources, specs, checkpoint, out, params, retries, retry_delay_seconds)
     write_summary(out, rows)

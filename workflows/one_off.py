@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from enum import Enum
 from pathlib import Path
+from typing import get_args
 
 import typer
 import yaml
 
 from pipeline.core.atomic import atomic_output_file
+from pipeline.core.conventions import Conventions
 from pipeline.core.errors import DvaError, InputError, ParamsError
 from pipeline.core.hashing import sha256_file
 from pipeline.editing.driving import MotionInputs, driver_video
 from pipeline.editing.kinds import EditKind, parse_edit
-from pipeline.params import Params, load_params
+from pipeline.params import Params, for_checkpoint, load_params
 from pipeline.runs.artifacts import VIDEO_FILE
 from pipeline.runs.store import stage_keys
 from pipeline.runs.work_store import WorkStore
@@ -29,6 +32,8 @@ from stages.evaluate import evaluate_edit
 from stages.invert import invert_video
 from stages.render import render_video
 from workflows.drivers import prepare_driver, prepare_video
+
+ConventionsChoice = Enum("ConventionsChoice", {name: name for name in get_args(Conventions)}, type=str)
 
 
 def parse_edit_spec(text: str, params: Params) -> tuple[str, EditKind]:
@@ -51,15 +56,18 @@ def parse_edit_spec(text: str, params: Params) -> tuple[str, EditKind]:
 
 
 def edit_one_video(
-    video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True
+    video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True,
+    conventions: Conventions | None = None,
 ) -> dict:
     """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side, sheet and metrics beside it.
 
-    Intermediates go to the work store at `work` (`<work>/<stage>/<key>/`).
+    Intermediates go to the work store at `work` (`<work>/<stage>/<key>/`). `conventions` replaces the
+    params'; `auto` follows the checkpoint (`pipeline/core/conventions.py`).
     """
     video, out = Path(video), Path(out)
     if not Path(checkpoint).is_file():
         raise InputError(checkpoint, "checkpoint not found")
+    params = for_checkpoint(params, Path(checkpoint), conventions)
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
     video_sha256 = sha256_file(video)
@@ -100,10 +108,17 @@ def cli(
     out: Path = typer.Option(..., "--out", help="Edited video (.mp4); side-by-side, sheet and metrics go beside it."),
     work: Path = typer.Option(Path(".dva-work"), help="Work store for intermediates (reused across edits and runs)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
+    conventions: ConventionsChoice = typer.Option(
+        None, "--conventions", case_sensitive=False, help="Whose pipeline every step follows (overrides `conventions:` in the params): `reference` does what "
+             "the paper's editing scripts do (DDIM over the reference's timesteps, the raw mean identity, hard "
+             "masks, whole-crop paste-back, its alignment), `project` this project's choices (exact BDIA "
+             "inversion, union blend mask); `auto` (the params' default) follows the checkpoint: `reference` "
+             "for a model from `dva import-reference`. Settings the params file sets explicitly still win."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     if out.suffix.lower() != ".mp4":
         raise DvaError(f"{out}: the output must be an .mp4 file")
-    metrics = edit_one_video(video, checkpoint, edit, out, load_params(params), work, progress=not quiet)
+    metrics = edit_one_video(video, checkpoint, edit, out, load_params(params), work, progress=not quiet,
+                             conventions=conventions.value if conventions else None)
     if not quiet:
         typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}")

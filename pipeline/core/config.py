@@ -16,13 +16,14 @@ from typing import Annotated, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from pipeline.core.conventions import apply_conventions
 from pipeline.core.errors import ParamsError
 
 VIDEO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Every top-level key of params.yaml. A view validates only its own sections, but a key that no
 # section has is a typo wherever it is read.
-TOP_LEVEL_KEYS = ("videos", "drivers", "extract", "align", "encode", "model", "train", "invert",
+TOP_LEVEL_KEYS = ("conventions", "videos", "drivers", "extract", "align", "encode", "model", "train", "invert",
                   "fit_classifiers", "edit", "edits", "render")
 
 WEIGHT_ROOTS = ("models", "data")
@@ -82,14 +83,15 @@ def format_error(error: dict) -> str:
 
 
 def parse_params(raw: object, schema: type[Schema], source: str = "params.yaml") -> Schema:
-    """Validate an already-loaded params mapping against `schema`; errors name the offending key."""
+    """Validate an already-loaded params mapping against `schema`, its convention's defaults filled in
+    (`pipeline/core/conventions.py`); errors name the offending key."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level")
     unknown = [key for key in raw if key not in TOP_LEVEL_KEYS]
     if unknown:
         raise ParamsError(f"{source}: {unknown[0]}: unknown key")
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(apply_conventions(raw))
     except ValidationError as exc:
         raise ParamsError(f"{source}: {format_error(exc.errors()[0])}") from None
 

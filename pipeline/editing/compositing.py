@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.editing.settings import EditParams
 from pipeline.faces.alignment import warp_to_frame
 
 
@@ -41,6 +42,22 @@ def edit_blend_mask(
         # Blur must not leak past the allowed reach, or the far background would change.
         region *= cv2.dilate(reach.astype(np.uint8), _disk(1)).astype(np.float32)
     return np.clip(region, 0, 1)
+
+
+def composite_crop(
+    edited: np.ndarray, source: np.ndarray, face_mask: np.ndarray, reconstruction: np.ndarray, params: EditParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """The edited crop over the source crop, and the mask (float32 (R, R) in [0, 1]) render pastes it back with.
+
+    `union` (the project's): :func:`edit_blend_mask`, and render pastes only that region. `reference`: the
+    reference's hard face mask of the source inside the crop, then the whole crop pasted back.
+    """
+    if params.blend == "reference":
+        hard = (face_mask > 127).astype(np.float32)
+        return blend(edited, source, hard), np.ones_like(hard)
+    alpha = edit_blend_mask(face_mask, edited, reconstruction, params.region_threshold, params.region_dilation,
+                            params.feather)
+    return blend(edited, source, alpha), alpha
 
 
 def blend(edited: np.ndarray, source: np.ndarray, alpha: np.ndarray) -> np.ndarray:

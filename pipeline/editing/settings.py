@@ -5,6 +5,8 @@ Each edit kind's own settings are its schema in `pipeline/editing/kinds/`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from pipeline.core.config import Section, safe_relative_path
@@ -19,6 +21,9 @@ class EditParams(InferenceSettings):
     region_threshold: float = Field(default=0.08, gt=0, le=1)
     region_dilation: float = Field(default=0.12, ge=0, le=0.5)
     feather: float = Field(default=0.03, ge=0, le=0.5)
+    # union: the union of the source's and the edited face regions, feathered, pasted back alone (hair and
+    # beard edits survive); reference: the source's hard face mask, then the whole crop pasted back.
+    blend: Literal["union", "reference"] = "union"
 
 
 class FitClassifiersParams(Section):

@@ -15,7 +15,10 @@ No CLIP weights exist offline: :func:`load_clip` loads them from a local file an
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -27,11 +30,14 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, set_model_preprocess_cfg
 from open_clip.tokenizer import SimpleTokenizer
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from pipeline.core.errors import MissingWeightsError
+from pipeline.core.errors import InputError, MissingWeightsError
 from pipeline.editing.editing import l2norm
 from pipeline.model.diffusion import DDIMScheduler
+from pipeline.model.reference_import import read_lightning_state
 from pipeline.model.samplers import DDIMSampler, batch_timestep
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
@@ -50,8 +56,9 @@ class TextEditSettings(Protocol):
     num_steps: int
     t_start: int
 
-# The prompt templates over which the reference averages text features: the ImageNet prompt set of
-# CLIP's zero-shot evaluation, as listed in StyleGAN-NADA's `imagenet_templates` (79 templates).
+# The prompt templates over which the reference averages text features: `imagenet_templates` of the
+# reference's `utils/text_templates.py`, the list `losses/clip_loss.py` fills for every text (CLIP's ImageNet
+# zero-shot prompts, 79, in the reference's order; tests/fixtures/clip_reference holds its tokens).
 PROMPT_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
     "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
@@ -142,12 +149,13 @@ def text_direction(
     return direction / norm
 
 
-def _clip_image_features(clip_model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Unit-norm CLIP embeddings of images in [-1, 1], preprocessed as the reference does.
+def _clip_input(clip_model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The CLIP input of images in [-1, 1], preprocessed as the reference's ``CLIPLoss.preprocess`` does.
 
     [-1, 1] -> [0, 1] without clamping (noisy intermediates leave the range and clamping would cut their
-    gradient), the shorter side resized to the CLIP input size (bicubic, no antialiasing: torchvision's
-    tensor resize in the reference's environment), a centre crop, then CLIP's mean/std normalisation.
+    gradient), the shorter side resized to the CLIP input size (bicubic, antialiased: torchvision's ``Resize``
+    on tensors since torchvision 0.17; the reference's pinned 0.13 did not antialias), a centre crop, then
+    CLIP's mean/std normalisation.
     """
     visual = clip_model.visual
     crop_h, crop_w = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
@@ -159,10 +167,15 @@ def _clip_image_features(clip_model: torch.nn.Module, images: torch.Tensor) -> t
     side = min(crop_h, crop_w)
     size = (side, int(side * width / height)) if height <= width else (int(side * height / width), side)
     if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
-    top, left = int(round((size[0] - crop_h) / 2.0)), int(round((size[1] - crop_w) / 2.0))
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    top, left = round((size[0] - crop_h) / 2.0), round((size[1] - crop_w) / 2.0)
     x = x[..., top : top + crop_h, left : left + crop_w]
-    return F.normalize(clip_model.encode_image((x - mean) / std), dim=-1)
+    return (x - mean) / std
+
+
+def _clip_image_features(clip_model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Unit-norm CLIP embeddings of images in [-1, 1] (:func:`_clip_input`, then the image tower)."""
+    return F.normalize(clip_model.encode_image(_clip_input(clip_model, images)), dim=-1)
 
 
 def _direction_loss(
@@ -178,6 +191,14 @@ def _direction_loss(
     delta = edited - original
     delta = delta / (delta.norm(dim=-1, keepdim=True) + 1e-7)
     return 1 - F.cosine_similarity(delta, text_dir[None], dim=-1).mean()
+
+
+def _clip_edit_term(direction_loss: float) -> float:
+    """The text edit's CLIP term ``-log((2 - L_dir) / 2)`` (before its weight ``w_clip``), as the reference.
+
+    ``L_dir`` lies in [0, 2]; the term is 0 for a perfect direction and grows without bound near 2.
+    """
+    return -math.log((2 - direction_loss) / 2)
 
 
 def _l1_weight(mask: torch.Tensor | np.ndarray | None, like: torch.Tensor) -> torch.Tensor:
@@ -335,7 +356,7 @@ class _TextObjective:
             step_dir = _direction_loss(feats_i, self.orig_feats[i], self.text_dir, no_change)
             step_l1 = (self.weight * (x - self.traj[i + 1])).abs().mean()
             (clip_weight * step_dir + spec.w_l1 / count * step_l1).backward()
-        return spec.w_clip * -math.log((2 - l_dir) / 2) + float(id_loss.detach()) + spec.w_l1 * l1
+        return spec.w_clip * _clip_edit_term(l_dir) + float(id_loss.detach()) + spec.w_l1 * l1
 
 
 def apply_text_direction(z_mean: np.ndarray, dz: np.ndarray, scale: float) -> np.ndarray:
@@ -353,18 +374,94 @@ def load_clip(
     param_name: str = "edit.clip_weights",
     device: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, Tokenizer]:
-    """Load an open_clip model (e.g. ``"ViT-B-16"``, the reference's) from a local file; return (model, tokenizer).
+    """Build the open_clip network ``model_name`` with the weights of a local file; return (model, tokenizer).
+
+    The reference's CLIP is OpenAI's ViT-B/16, which uses QuickGELU: ``"ViT-B-16-quickgelu"`` here
+    (``"ViT-B-16"`` is open_clip's GELU variant, for weights trained with GELU). Accepted files (see
+    :func:`read_clip_state`): OpenAI's own download (``ViT-B-16.pt``, a TorchScript archive, always run with
+    QuickGELU as every OpenAI CLIP was trained with it, whatever the name), or a state dict in OpenAI's and
+    open_clip's key layout as safetensors or a plain PyTorch file. Weights keep their values (OpenAI's
+    float16 ones are widened, never rounded further). The tokenizer is open_clip's BPE tokenizer, whose
+    vocabulary ships inside the package (models with a Hugging Face tokenizer would need the network).
 
     Nothing is downloaded: a missing file raises :class:`MissingClipWeightsError` (a FileNotFoundError)
-    naming ``param_name`` and the expected path. The tokenizer of the OpenAI-style models is open_clip's
-    BPE tokenizer, whose vocabulary ships inside the package; models with a Hugging Face tokenizer would
-    need the network and are not supported offline.
+    naming ``param_name`` and the expected path; an unreadable file, or one whose tensors do not fit
+    ``model_name``, raises :class:`~pipeline.core.errors.InputError` naming the file.
     """
     if weights_path is None or not Path(weights_path).is_file():
         raise MissingClipWeightsError(param_name, weights_path)
-    model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(weights_path), device=device)
-    model.eval()
-    return model, open_clip.get_tokenizer(model_name)
+    path = Path(weights_path)
+    state, openai_archive = read_clip_state(path)
+    # open_clip warns that the network it builds is random; its weights are loaded right below.
+    quiet = _DropRecords("initialized randomly")
+    logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(model_name, force_quick_gelu=openai_archive)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+        raise InputError(path, f"not weights of the CLIP model {model_name!r} ({detail[:300]})") from None
+    return model.to(device).eval(), open_clip.get_tokenizer(model_name)
+
+
+def read_clip_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The tensors of a CLIP weights file by their names, and whether the file is a TorchScript archive.
+
+    Nothing in the file can run Python code: safetensors files hold tensors only; other files are read with
+    PyTorch's weights-only unpickler (plain state dicts, or a dict with a ``state_dict``; a ``module.``
+    prefix from data-parallel training is dropped); a TorchScript archive (OpenAI's download) goes through
+    ``torch.jit.load``, whose unpickler only builds TorchScript types and never imports Python classes, and
+    only its parameters are kept: its code is never called. OpenAI's metadata entries (input resolution,
+    context length, vocabulary size) are dropped.
+    """
+    archive = _is_torchscript_archive(path)
+    if archive:
+        try:
+            with warnings.catch_warnings():
+                # torch marks TorchScript deprecated; OpenAI still publishes CLIP in it.
+                warnings.simplefilter("ignore", FutureWarning)
+                state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except RuntimeError as error:
+            raise InputError(path, f"unreadable TorchScript archive ({str(error).strip()[:200]})") from None
+    elif path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise InputError(path, f"not a readable safetensors file ({error})") from None
+    else:
+        state = read_lightning_state(path)
+    if state and all(name.startswith("module.") for name in state):
+        state = {name.removeprefix("module."): value for name, value in state.items()}
+    for name in _OPENAI_METADATA:
+        state.pop(name, None)
+    return state, archive
+
+
+# Entries of OpenAI's archives that are hyperparameters, not weights (its own loader drops them too).
+_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip with the ``constants.pkl`` that ``torch.save`` never writes."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+class _DropRecords(logging.Filter):
+    """A logging filter that drops records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def tiny_clip(image_size: int = 32, embed_dim: int = 32, seed: int = 0) -> tuple[CLIP, Tokenizer]:

@@ -6,8 +6,12 @@ convention), so the same affine matrix maps landmarks, crops and paste-backs con
 
 from __future__ import annotations
 
+import io
+from typing import Literal
+
 import cv2
 import numpy as np
+from PIL import Image
 from scipy.ndimage import gaussian_filter1d
 
 JAW = slice(0, 17)
@@ -53,20 +57,26 @@ def perpendicular(x: np.ndarray) -> np.ndarray:
 
 
 def smooth_crops(
-    centers: np.ndarray, axes: np.ndarray, valid: np.ndarray, center_sigma: float, axis_sigma: float
+    centers: np.ndarray,
+    axes: np.ndarray,
+    valid: np.ndarray,
+    center_sigma: float,
+    axis_sigma: float,
+    edges: Literal["nearest", "reflect"] = "nearest",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian-smooth crop centres and axes over time within each run of valid frames.
 
-    Without it the crop follows landmark noise and the aligned face jitters (STIT smooths
-    the centre with sigma 1 and the axis vectors with sigma 3). Invalid frames are unchanged.
+    Without it the crop follows landmark noise and the aligned face jitters (STIT and the
+    reference smooth the centre with sigma 1 and the axis vectors with sigma 3). `edges` is
+    scipy's boundary mode at the ends of each run. Invalid frames are unchanged.
     """
     centers = np.array(centers, dtype=np.float64)
     axes = np.array(axes, dtype=np.float64)
     for start, stop in _runs(np.asarray(valid, dtype=bool)):
         if center_sigma > 0:
-            centers[start:stop] = gaussian_filter1d(centers[start:stop], center_sigma, axis=0, mode="nearest")
+            centers[start:stop] = gaussian_filter1d(centers[start:stop], center_sigma, axis=0, mode=edges)
         if axis_sigma > 0:
-            axes[start:stop] = gaussian_filter1d(axes[start:stop], axis_sigma, axis=0, mode="nearest")
+            axes[start:stop] = gaussian_filter1d(axes[start:stop], axis_sigma, axis=0, mode=edges)
     return centers, axes
 
 
@@ -107,12 +117,37 @@ def invert_transform(matrix: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
 
 
-def warp_to_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """Cut the aligned crop out of a frame; borders are reflected, as FFHQ pads.
+def warp_to_crop(
+    frame: np.ndarray,
+    matrix: np.ndarray,
+    size: int,
+    outside: Literal["reflect", "black"] = "reflect",
+    warp_size: int | None = None,
+    jpeg_quality: int | None = None,
+) -> np.ndarray:
+    """Cut the `size` px aligned crop out of an RGB uint8 frame.
 
-    When the crop shrinks the face by more than 2x the frame is first reduced with area
-    averaging, since bilinear sampling alone aliases.
+    `outside` fills what lies outside the frame: mirrored frame (as FFHQ pads) or black.
+    Without `warp_size`, OpenCV samples the crop directly at `size`. With it, the quad is
+    warped to `warp_size` px by PIL's quad transform and resized to `size` by PIL's bilinear
+    filter, the reference's crop_image() followed by its loader's resize. `jpeg_quality`
+    passes the crop through Pillow's JPEG codec first (at `warp_size` when given), as the
+    reference's crops are stored.
     """
+    if warp_size is None:
+        crop = _opencv_warp(frame, matrix, size, outside)
+    else:
+        crop = _quad_warp(frame, matrix, size, warp_size, outside)
+    if jpeg_quality is not None:
+        crop = _jpeg_round_trip(crop, jpeg_quality)
+    if crop.shape[0] != size:
+        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
+    return crop
+
+
+def _opencv_warp(frame: np.ndarray, matrix: np.ndarray, size: int, outside: str) -> np.ndarray:
+    # When the crop shrinks the face by more than 2x the frame is first reduced with area
+    # averaging, since bilinear sampling alone aliases.
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     shrink = int(np.floor(1 / scale)) if scale > 0 else 1
     if shrink >= 2:
@@ -125,7 +160,52 @@ def warp_to_crop(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
         to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
         matrix = matrix @ np.linalg.inv(to_small)
         frame = small
-    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    border = cv2.BORDER_REFLECT_101 if outside == "reflect" else cv2.BORDER_CONSTANT
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
+def _quad_warp(frame: np.ndarray, matrix: np.ndarray, size: int, warp_size: int, outside: str) -> np.ndarray:
+    # The quad's corners (top-left, bottom-left, bottom-right, top-right, PIL's order) are the
+    # crop's outer corners mapped back into the frame.
+    edge = size - 0.5
+    corners = np.array([[-0.5, -0.5], [-0.5, edge], [edge, edge], [edge, -0.5]])
+    quad = apply_transform(invert_transform(matrix), corners)
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    # The reference first shrinks the frame by an integer factor (Lanczos) once the quad's diagonal
+    # reaches 4x the warp size, and divides the quad by that factor, a scaling that ignores the
+    # half-pixel offset of pixel centres (a shift under half a pixel of the shrunk frame, under
+    # 0.4 px of the warp-size crop); kept to match its crops.
+    shrink = int(np.floor(np.hypot(*(quad[3] - quad[1])) / warp_size * 0.5))
+    if shrink > 1:
+        width, height = image.size
+        image = image.resize((round(width / shrink), round(height / shrink)), Image.Resampling.LANCZOS)
+        quad = quad / shrink
+    if outside == "reflect":
+        image, quad = _reflect_pad(np.asarray(image), quad)
+    # PIL samples pixel centres at +0.5 (OpenCV's at integers) and fills outside the image with black.
+    data = (quad + 0.5).ravel().tolist()
+    return np.asarray(image.transform((warp_size, warp_size), Image.Transform.QUAD, data, Image.Resampling.BILINEAR))
+
+
+def _reflect_pad(frame: np.ndarray, quad: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """Extend `frame` by mirroring (OpenCV's BORDER_REFLECT_101) until it covers `quad`, plus
+    one pixel for the bilinear neighbours; returns the image and the quad in its coordinates."""
+    height, width = frame.shape[:2]
+    low = np.floor(quad.min(axis=0)).astype(int) - 1
+    high = np.ceil(quad.max(axis=0)).astype(int) + 2
+    left, top = max(0, -low[0]), max(0, -low[1])
+    right, bottom = max(0, high[0] - width), max(0, high[1] - height)
+    padded = np.pad(frame, ((top, bottom), (left, right), (0, 0)), mode="reflect")
+    return Image.fromarray(padded), quad + [left, top]
+
+
+def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    # Pillow's default chroma subsampling (4:2:0), as the reference's plain `save(... .jpg)`.
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"))
 
 
 def warp_to_frame(crop: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:

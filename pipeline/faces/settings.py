@@ -20,6 +20,21 @@ class AlignParams(Section):
     max_gap: int = Field(default=5, ge=0)
     smooth_center_sigma: float = Field(default=1.0, ge=0)
     smooth_vector_sigma: float = Field(default=3.0, ge=0)
+    # Edges of that smoothing (scipy.ndimage modes) at the ends of each run of frames with a face. `nearest`
+    # (default) lags less behind a face that moves at a clip's ends (with sigma 3 a steady drift is followed
+    # to within 1.2 frames of motion at the last frame, 1.9 with `reflect`); the reference (editing_classifier.py,
+    # editing_CLIP.py) smooths with gaussian_filter1d's default, `reflect`.
+    smooth_edges: Literal["nearest", "reflect"] = "nearest"
+    # Crop pixels outside the frame: `reflect` (default) mirrors the frame, as FFHQ pads, so the networks never
+    # see a hard black edge; `black` is the reference's (its crop_image(): PIL's quad warp, no padding).
+    outside: Literal["reflect", "black"] = "reflect"
+    # Warp the quad to this many pixels first, with PIL's quad transform (bilinear), then resize to the model
+    # resolution with PIL's bilinear filter (null, default: OpenCV warps straight to the model resolution).
+    # The reference warps to 1024 px (crop_image()) and resizes to 256 when it loads the crops (ImageDataset).
+    warp_size: int | None = Field(default=None, ge=1)
+    # JPEG round trip of each crop through Pillow at this quality, at `warp_size` when set (null, default:
+    # none). The reference saves its 1024 px crops as JPEG at Pillow's default quality, 75.
+    jpeg_quality: int | None = Field(default=None, ge=1, le=100)
     mask_feather: float = Field(default=0.04, ge=0, le=0.5)
     # BiSeNet weights (e.g. an imported reference model): face masks from parsing (the reference's video
     # foreground) instead of the landmark outline.

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline.core.atomic import atomic_output_file
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, ParamsError
 from pipeline.model.diffusion import SamplerSettings
 from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig
 
@@ -169,6 +169,43 @@ def sampler_settings(metadata: dict[str, str], path: Path) -> SamplerSettings:
         return SamplerSettings.from_json(metadata["sampler"])
     except (KeyError, TypeError, ValueError):
         raise InputError(path, "checkpoint has no valid sampler settings") from None
+
+
+def checkpoint_metadata(path: Path) -> dict[str, str]:
+    """A model file's metadata (config, sampler settings, conventions, lineage) without reading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def model_conventions(path: Path) -> str:
+    """The conventions a model file was made under: `reference` for an imported model, else `project`."""
+    return checkpoint_metadata(path).get("conventions", "project")
+
+
+def model_resolution(path: Path) -> int:
+    """The resolution (px) of a model file's UNet."""
+    try:
+        return config_from_json(checkpoint_metadata(path)["config"]).resolution
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, "checkpoint config is missing or malformed") from None
+
+
+def require_explicit_conventions(conventions: str, checkpoint: Path, params_file: Path) -> None:
+    """Under DVC an imported model needs `conventions` set: alignment ran before the model was known.
+
+    `auto` follows the checkpoint only where the checkpoint is known from the start (`dva edit`, `dva batch`).
+    """
+    if conventions == "auto" and model_conventions(checkpoint) == "reference":
+        raise ParamsError(f"{params_file}: conventions: {checkpoint} is the reference's model; set "
+                          "`conventions: reference` (its pipeline from align on) or `conventions: project`")
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[DiffusionVideoAutoencoder, dict[str, str]]:

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from pipeline.faces.tracking import NO_FACE
 from pipeline.model.diffusion import DDIMScheduler
 from pipeline.model.samplers import NUM_TRAIN_TIMESTEPS, SAMPLERS, Sampler, TimestepSpacing, build_sampler
 from pipeline.model.settings import InferenceSettings
 from pipeline.model.unet import DiffusionVideoAutoencoder
+from pipeline.runs.artifacts import Features
 
 
 class InvertParams(InferenceSettings):
@@ -28,6 +30,10 @@ class InvertParams(InferenceSettings):
     timestep_spacing: TimestepSpacing = "even"
     # BDIA's weight of the backward half-step; None: 0.5, or the lowest the round-off allows at this S.
     bdia_gamma: float | None = Field(default=None, gt=0, le=1)
+    # The identity code every frame is inverted and edited with: normalised_mean, the L2-normalised mean of
+    # the detected frames' codes (encode's video identity); raw_mean, the reference's avg_cond: the plain mean
+    # over every face frame, not re-normalised.
+    video_identity: Literal["normalised_mean", "raw_mean"] = "normalised_mean"
     batch_size: int = Field(default=32, ge=1)
     device: str = "auto"
 
@@ -40,6 +46,13 @@ class InvertParams(InferenceSettings):
     def sampler_config(self) -> dict:
         """The resolved sampler settings (gamma chosen, timesteps listed): what inversions save and keys hash."""
         return self.build_sampler(DDIMScheduler()).config()
+
+    def identity_code(self, features: Features) -> np.ndarray:
+        """The video's identity code under :attr:`video_identity`, from its encode features."""
+        if self.video_identity == "normalised_mean":
+            return features.video_identity
+        faces = np.array([state != NO_FACE for state in features.status])
+        return features.identities[faces].mean(axis=0).astype(np.float32)
 
     def build_sampler(self, scheduler: DDIMScheduler) -> Sampler:
         """The sampler these settings describe, over a model's scheduler."""
