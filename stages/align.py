@@ -89,7 +89,7 @@ def align_video(
             if track.status[index] == NO_FACE:
                 continue
             crops[index] = alignment.warp_to_crop(
-                rgb, transforms[index], size
+                rgb, transforms[index], size, params.outside, params.warp_size, params.jpeg_quality
             )
             crop_landmarks[index] = alignment.apply_transform(transforms[index], track.landmarks[index])
             masks[index] = alignment.face_mask(crop_landmarks[index], size, params.mask_feather)

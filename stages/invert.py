@@ -158,9 +158,9 @@ def cli(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     settings = read_params(params, InvertView)
-    require_explicit_conventions(settings.conventions, checkpoint, params)
     if steps is not None:
         settings = override_params(settings, "invert", "--steps", steps=steps)
+    require_explicit_conventions(settings.conventions, checkpoint, params)
     settings = settings.invert
     metrics = invert_video(checkpoint, align_dir, encode_dir, out_dir, settings, progress=not quiet,
                            run_id=cli_run_id(os.environ))

@@ -32,7 +32,7 @@ from pipeline.editing.text_edit import (
 from tests.reference_fixture import formula_tensor, max_abs_difference
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clip_reference"
-# The name the schema defaults to: OpenAI's own file must give the reference's QuickGELU network under it.
+# open_clip's GELU name: OpenAI's own archive must still give the reference's QuickGELU network under it.
 DEFAULT_NAME = "ViT-B-16"
 REFERENCE_NAME = "ViT-B-16-quickgelu"
 

@@ -7,10 +7,8 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.editing.classifiers import CELEBA_ATTRIBUTES, classifier_from_reference
 from pipeline.editing.editing import AttributeClassifier, classifier_edit
-from tests.reference_fixture import golden, max_abs_difference, tolerance
+from tests.reference_fixture import golden, max_abs_difference, meta, tolerance
 
-ATTRIBUTE_INDEX = 15  # the fixture's classifier edit: attribute index 15 at scale 0.3
-SCALE = 0.3
 
 
 def reference_state(g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -28,13 +26,15 @@ def reference_state(g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_reference_classifier_edit_matches_golden(tmp_path):
-    g = golden()
+    g, settings = golden(), meta()["classifier_edit"]
     path = tmp_path / "celeba.safetensors"
     classifier_from_reference(reference_state(g), tmp_path / "last.ckpt").save(path)
     clf = AttributeClassifier.load(path)
-    assert clf.attributes == list(CELEBA_ATTRIBUTES) and clf.attributes[ATTRIBUTE_INDEX] == "Eyeglasses"
+    # CelebA's own column order (list_attr_celeba.txt), which the reference's classifier outputs follow.
+    assert clf.attributes == list(CELEBA_ATTRIBUTES) and CELEBA_ATTRIBUTES[15] == "Eyeglasses"
+    attribute = clf.attributes[settings["attribute_index"]]
 
-    edited = classifier_edit(g["classifier_edit.avg_id"][0].numpy(), clf, {"Eyeglasses": SCALE})
+    edited = classifier_edit(g["classifier_edit.avg_id"][0].numpy(), clf, {attribute: settings["scale"]})
 
     expected = g["classifier_edit.edited_id"]
     difference = max_abs_difference(torch.from_numpy(edited)[None], expected)

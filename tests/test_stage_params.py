@@ -74,7 +74,7 @@ def test_every_params_section_a_stage_reads_is_declared(outputs, sample_clip, mi
             for command, arguments in runs.items()}
     # The recording sees through the stage functions: an edit reads its spec, the edit settings and the
     # align/encode sections its reference and motion edits use.
-    assert {"edits", "edit"} <= read["edit-frames"] and read["invert"] == {"invert"}
+    assert {"edits", "edit"} <= read["edit-frames"] and read["invert"] == {"conventions", "invert"}
     for name, stage in _stages().items():
         needed = set().union(*(read[command] for command in _commands(stage) if command in read))
         missing = needed - _declared_sections(stage)

@@ -221,7 +221,7 @@ def test_mask_shapes(setup):
 def test_text_edit_spec_defaults_and_checks():
     spec = TextEdit(kind="text", target_text="face with a beard")
     assert (spec.clip_model, spec.w_clip, spec.w_id, spec.w_l1, spec.lr, spec.iterations) == (
-        "ViT-B-16", 3.0, 1.0, 5.0, 0.002, 2000)
+        "ViT-B-16-quickgelu", 3.0, 1.0, 5.0, 0.002, 2000)
     for bad in ({"target_text": "  "}, {"target_text": "face"}, {"target_text": "x", "w_l1": -1.0}):
         with pytest.raises(ValueError):
             TextEdit(kind="text", **bad)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.model.unet import PRESETS, DiffusionVideoAutoencoder, UNetConfig, count_parameters, paper, tiny
+from tests.reference_fixture import paper_unet_parameters
 
 
 def _perturb_zero_init(model, scale=0.05):
@@ -121,8 +122,9 @@ def test_paper_preset_builds_on_meta_device():
     assert (cfg.attention_resolutions, cfg.embed_dim, cfg.dropout, cfg.id_dim) == ((16,), 512, 0.1, 512)
     with torch.device("meta"):
         m = DiffusionVideoAutoencoder(cfg)
-    # The reference's UNet at 256 px (model/unet.py of the authors' code), without the face-code head.
-    assert m.unet_parameters() == 190_576_643
+    # The reference's UNet at 256 px (model/unet.py of the authors' code) without the face-code head, as
+    # counted in tests/fixtures/dva_reference/meta.json.
+    assert m.unet_parameters() == paper_unet_parameters()
     assert m.face_encoder.in_features == 512 + 102 and m.face_encoder.out_features == 512
     assert m.config is cfg
 

@@ -17,14 +17,15 @@ from pipeline.editing.kinds.base import EditKind, IdentityContext, IdentityEdit
 class TextEdit(EditKind):
     """CLIP-guided edit from a text prompt; needs local CLIP weights.
 
-    Defaults are the reference implementation's (CLIP ViT-B/16; w_clip 3, where the paper says 5). The
+    Defaults are the reference implementation's (OpenAI's CLIP ViT-B/16; w_clip 3, where the paper says 5). The
     direction is optimised through a short DDIM trajectory of ``num_steps`` steps from ``t_start`` to 0.
     """
 
     kind: Literal["text"]
     target_text: str
     source_text: str = "face"
-    clip_model: str = "ViT-B-16"
+    # OpenAI's ViT-B/16 as the reference runs it (QuickGELU); `ViT-B-16` for weights trained with GELU.
+    clip_model: str = "ViT-B-16-quickgelu"
     clip_weights: WeightsPath | None = None
     iterations: int = Field(default=2000, ge=1)
     lr: float = Field(default=0.002, gt=0)
