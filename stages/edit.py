@@ -111,7 +111,8 @@ def edit_videos(
     first_frame = FirstFrame(np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]),
                              frame_identities[first])
     edits = {name: params.edits[name].identity_edit(IdentityContext(
-        name, model, video_identity, first_frame, device, params.align, params.encode, progress)) for name in out_dirs}
+        name, model, video_identity, first_frame, device, params.align, params.encode, settings, progress))
+        for name in out_dirs}
     edited_identities = {name: edit_one(video_identity) for name, (edit_one, _) in edits.items()}
     landmark_backend = features.metadata.get("landmark_feature_backend")
     codes = {name: params.edits[name].motion_codes(MotionContext(name, landmarks, valid, landmark_backend, motion))

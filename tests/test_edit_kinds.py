@@ -94,3 +94,27 @@ def test_nothing_outside_the_kind_modules_tests_which_kind_it_has():
                     if tested & names:
                         offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def _context(edit: dict, align: dict | None = None):
+    import torch
+
+    from pipeline.editing.kinds import FirstFrame, IdentityContext
+    from pipeline.editing.settings import EditParams
+    from pipeline.faces.settings import AlignParams, EncodeParams
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    frame = FirstFrame(np.zeros((8, 8, 3), np.uint8), np.zeros(102, np.float32), mask, np.ones(4, np.float32))
+    return IdentityContext("beard", None, np.ones(4, np.float32), frame, torch.device("cpu"),
+                           AlignParams(**(align or {})), EncodeParams(), EditParams(**edit), False)
+
+
+def test_the_text_edits_l1_mask_follows_the_edit_settings():
+    from pipeline.core.errors import MissingWeightsError
+    from pipeline.editing.kinds import TextEdit
+
+    np.testing.assert_array_equal(TextEdit._l1_mask(_context({})), _context({}).first_frame.mask / 255)
+    # The reference's parsed image foreground needs the parser: a missing one names its parameter.
+    with pytest.raises(MissingWeightsError, match="align.parsing_weights"):
+        TextEdit._l1_mask(_context({"text_l1_mask": "parsed_image"}))

@@ -194,3 +194,17 @@ def test_edits_decode_with_the_inversions_sampler(micro_model, bdia_inversion, s
     anon = np.load(out["anon"] / EDITED_FILE)[faces].astype(np.float32)
     face = np.asarray(masks)[faces] > 127
     assert np.abs(anon - source)[face].mean() > MIN_IDENTITY_EFFECT
+
+
+def test_the_video_identity_rules():
+    from pipeline.model.inversion import InvertParams
+    from pipeline.runs.artifacts import Features
+
+    # Three unit codes, one of an interpolated frame, one frame without a face.
+    codes = np.array([[1, 0], [0, 1], [0.6, 0.8], [0, 0]], dtype=np.float32)
+    status = ["ok", "ok", "interpolated", NO_FACE]
+    encoded = np.array([0.70710677, 0.70710677], dtype=np.float32)  # encode's: normalised mean of the ok frames
+    features = Features(status, codes, np.zeros((4, 102), np.float32), encoded, {})
+    np.testing.assert_array_equal(InvertParams().identity_code(features), encoded)
+    # The reference's avg_cond: the plain mean over every face frame, |.| = 0.85, not re-normalised.
+    np.testing.assert_allclose(InvertParams(video_identity="raw_mean").identity_code(features), [1.6 / 3, 1.8 / 3])

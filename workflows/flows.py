@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +93,7 @@ def _artifact(stage: str, folder: Path) -> Artifact:
     return Artifact(stage, folder.name, str(folder), read_lineage(folder)["run_id"])
 
 
-def build_once(out_root: Path | str, stage: str, key: str, build) -> Artifact:
+def build_once(out_root: Path | str, stage: str, key: str, build: Callable[[Path], object]) -> Artifact:
     """The artifact of `OUT/work/<stage>/<key>`, after `build(folder)` made it unless it was complete."""
     return _artifact(stage, work_store(out_root).build_once(stage, key, build))
 

@@ -31,7 +31,8 @@ REFERENCE_PROFILE: dict[str, dict[str, object]] = {
     # of the per-frame identity codes over all frames, not re-normalised.
     "invert": {"sampler": "ddim", "timestep_spacing": "stride", "steps": 1000, "video_identity": "raw_mean"},
     # paste_bg = edited * mask + original * (1 - mask) in the 256 px crop, then the whole crop pasted back.
-    "edit": {"blend": "reference"},
+    # editing_CLIP.py's L1 term: face_mask(start_img), the parser's image foreground of frame 0.
+    "edit": {"blend": "reference", "text_l1_mask": "parsed_image"},
 }
 
 

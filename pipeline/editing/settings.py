@@ -24,6 +24,10 @@ class EditParams(InferenceSettings):
     # union: the union of the source's and the edited face regions, feathered, pasted back alone (hair and
     # beard edits survive); reference: the source's hard face mask, then the whole crop pasted back.
     blend: Literal["union", "reference"] = "union"
+    # Where a text edit's L1 term holds the first frame still: `align`, the align stage's face mask; or
+    # `parsed_image`, the reference's: the face parser's image foreground (hair, ears and neck kept), hard,
+    # which needs `align.parsing_weights`.
+    text_l1_mask: Literal["align", "parsed_image"] = "align"
 
 
 class FitClassifiersParams(Section):

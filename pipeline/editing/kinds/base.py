@@ -19,6 +19,7 @@ import torch
 
 from pipeline.core.config import Section
 from pipeline.editing.driving import MotionInputs
+from pipeline.editing.settings import EditParams
 from pipeline.faces.settings import AlignParams, EncodeParams
 from pipeline.model.unet import DiffusionVideoAutoencoder
 
@@ -46,6 +47,7 @@ class IdentityContext:
     device: torch.device
     align: AlignParams
     encode: EncodeParams
+    edit: EditParams
     progress: bool
 
 

@@ -60,15 +60,28 @@ class TextEdit(EditKind):
                                           param_name=f"edits.{context.name}.clip_weights", device=device)
         scheduler = DDIMScheduler.from_settings(model.sampler)
         # As in the reference, the direction is found on the first frame with that frame's own identity, and
-        # the L1 term guards the face region (the align stage's face mask: no face parser is at hand here).
+        # the L1 term guards the face region (`edit.text_l1_mask`).
         x_start = invert_to_t_start(model, scheduler, to_model_images(frame.crop[None], device), frame.identity,
                                     frame.landmarks, self)
-        face = torch.from_numpy(frame.mask.astype(np.float32) / 255).to(device)
+        face = torch.from_numpy(self._l1_mask(context)).to(device)
         dz, losses = optimise_text_direction(model, scheduler, clip_model, tokenizer, x_start, frame.identity,
                                              frame.landmarks, self, face, context.progress)
         facts = {"clip_weights_sha256": sha256_file(Path(self.clip_weights)),
                  "loss_first": losses[1] if len(losses) > 1 else losses[0], "loss_last": losses[-1]}
         return (lambda z: apply_text_direction(z, dz, self.scale)), facts
+
+    @staticmethod
+    def _l1_mask(context: IdentityContext) -> np.ndarray:
+        """(R, R) float32 in [0, 1]: where the L1 term holds the first frame still (`edit.text_l1_mask`)."""
+        frame = context.first_frame
+        if context.edit.text_l1_mask == "align":
+            return frame.mask.astype(np.float32) / 255
+        # The reference's: the parser's hard image foreground of the first frame (hair, ears and neck kept).
+        from pipeline.faces.networks.face_encoder import load_face_parser
+        from pipeline.faces.networks.face_parsing import parsing_face_mask
+
+        parser = load_face_parser(context.align.parsing_weights, "align.parsing_weights", context.device)
+        return parsing_face_mask(frame.crop[None], parser, for_video=False)[0]
 
     def weight_files(self) -> dict[str, Path]:
         return {"clip": Path(self.clip_weights)} if self.clip_weights else {}
