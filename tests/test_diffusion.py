@@ -291,3 +291,16 @@ def test_a_sampler_is_rebuilt_from_the_config_an_inversion_saves(scheduler):
     assert sampler_from_config(scheduler, {"steps": 10}).config()["timesteps"] == list(range(0, 1000, 100))
     with pytest.raises(ValueError, match="differ"):
         sampler_from_config(scheduler, config | {"timesteps": [0, 100]})
+
+
+def test_the_readmes_sampler_table_counts_evaluations_as_the_samplers_do():
+    # The demo model's conventions (inversion from the clean image); gamma does not change the counts.
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    rows = re.findall(r"^\| (ddim|bdia)[^|]* \| (\d+) \| (\d+) / (\d+) \|", (REPO_ROOT / "README.md").read_text(), re.M)
+    assert len(rows) >= 4
+    for name, steps, first, further in rows:
+        sampler = build_sampler(DDIMScheduler(), name, int(steps), bdia_gamma=1.0 if name == "bdia" else None)
+        assert sampler.evaluations() == (int(first), int(further)), (name, steps)
