@@ -8,6 +8,7 @@ traceback, and no output folder (DVC would otherwise cache a half-written artifa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.runs.artifacts import read_features
 from pipeline.video.video_io import read_lossless_frames
 from stages.extract import extract_video
 
@@ -85,6 +87,19 @@ def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
         ["align.bogus", "bad_params.yaml"],
         out("unknown_param"),
     )
+    # Bad expression edits in a params file stop the edit stage before it reads anything else.
+    for name, expressions, problem in (
+        ("keyframes_not_increasing", {"smile": [[1.0, 0.0], [0.5, 1.0]]}, "strictly increasing"),
+        ("unknown_expression", {"frown": 0.5}, "unknown expression 'frown'"),
+    ):
+        edit_params = root / f"{name}.yaml"
+        edit_params.write_text(json.dumps({"edits": {"open": {"kind": "expression", "expressions": expressions}}}))
+        missing = [str(root / "not_made" / stage) for stage in ("model.safetensors", "align", "encode", "invert")]
+        cases[name] = CliCase(
+            ["edit-frames", "open", *missing, str(out(name)), "--params", str(edit_params)],
+            [edit_params.name, "edits.open", problem],
+            out(name),
+        )
     return cases
 
 
@@ -110,6 +125,8 @@ CASE_NAMES = [
     "align_wrong_folder",
     "encode_wrong_folder",
     "unknown_param",
+    "keyframes_not_increasing",
+    "unknown_expression",
 ]
 # Cases also run through the installed console script in a separate process. Each `dva` start
 # costs several CPU-seconds of imports (torch, via the train stage), so every case runs through
@@ -176,6 +193,57 @@ def test_console_script_fails_with_one_line_and_no_output(bad_cases, console_run
     returncode, stdout, stderr = console_runs[name]
     assert_clean_failure(bad_cases[name], returncode, stdout, stderr)
     assert returncode == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad edit inputs that only show once a model and a prepared video are at hand.
+
+
+def _run_in_process(case: CliCase, monkeypatch, capfd) -> None:
+    from stages.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["dva", *case.args, "--quiet"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    stdout, stderr = capfd.readouterr()
+    assert_clean_failure(case, exit_info.value.code, stdout, stderr)
+
+
+def test_corrupt_classifier_file_fails_the_edit_stage_with_one_line(micro_model, micro_inversion, sample_run,
+                                                                     tmp_path, video_tools, monkeypatch, capfd):
+    """`dva edit-frames` (the DVC edit stage) with a classifier edit whose file is a download cut short."""
+    from pipeline.editing.editing import AttributeClassifier
+
+    monkeypatch.chdir(tmp_path)
+    classifier = Path("data/classifiers/glasses.safetensors")  # params name files under data/
+    classifier.parent.mkdir(parents=True)
+    dim = len(read_features(sample_run.encode).video_identity)
+    AttributeClassifier(["glasses"], np.ones((1, dim)), np.zeros(1), np.zeros(dim), np.ones(dim)).save(
+        tmp_path / "whole.safetensors")
+    video_tools.truncated_copy(tmp_path / "whole.safetensors", classifier, 0.5)
+    edit = {"kind": "classifier", "classifier": str(classifier), "attributes": {"glasses": 1.0}}
+    (tmp_path / "params.yaml").write_text(json.dumps(micro_model.params | {"edits": {"glasses": edit}}))
+    out = tmp_path / "out_glasses"
+    _run_in_process(CliCase(
+        ["edit-frames", "glasses", str(micro_model.checkpoint), str(sample_run.align), str(sample_run.encode),
+         str(micro_inversion), str(out), "--params", "params.yaml"],
+        [f"error: {classifier}: not a readable safetensors file"],
+        out,
+    ), monkeypatch, capfd)
+
+
+def test_expression_keyframes_out_of_order_fail_dva_edit_with_one_line(micro_model, sample_clip, tmp_path,
+                                                                         monkeypatch, capfd):
+    (tmp_path / "params.yaml").write_text(json.dumps(micro_model.params))
+    edit = {"kind": "expression", "expressions": {"smile": [[0.0, 0.0], [1.0, 1.0], [0.5, 0.0]]}}
+    out = tmp_path / "out_smile"
+    # The work store inside the output folder: neither may be created.
+    _run_in_process(CliCase(
+        ["edit", str(sample_clip), "--checkpoint", str(micro_model.checkpoint), "--edit", json.dumps(edit),
+         "--out", str(out / "smile.mp4"), "--params", str(tmp_path / "params.yaml"), "--work", str(out / "work")],
+        ["error: --edit:", "strictly increasing"],
+        out,
+    ), monkeypatch, capfd)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -119,6 +119,14 @@ def _other_tensors(path):
     _write(path, {"unet.out.weight": np.zeros((3, 3), np.float32)})
 
 
+def _bfloat16(path):
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {name: torch.from_numpy(value).to(torch.bfloat16) for name, value in _tensors().items()}
+    save_file(tensors, str(path), metadata={"attributes": '["glasses", "beard"]'})
+
+
 def _wrong_shape(path):
     _write(path, _tensors(bias=np.zeros(3, np.float32)))
 
@@ -148,13 +156,14 @@ def _zero_std(path):
         (_empty, "not a readable safetensors file"),
         (_truncated, "not a readable safetensors file"),
         (_other_tensors, r"missing tensors \['weights', 'bias', 'mean', 'std'\] \(found \['unet.out.weight'\]\)"),
+        (_bfloat16, "not a readable safetensors file .*bfloat16"),
         (_wrong_shape, r"bias must have shape \(2,\); got \(3,\)"),
         (_nan, r"tensors \['weights'\] hold NaN"),
         (_no_names, "no 'attributes' list"),
         (_names_not_a_list, "no 'attributes' list"),
         (_zero_std, "std must be positive"),
     ],
-    ids=["random bytes", "empty", "truncated", "other tensors", "wrong shape", "nan", "no names",
+    ids=["random bytes", "empty", "truncated", "other tensors", "bfloat16", "wrong shape", "nan", "no names",
          "names not a list", "zero std"],
 )
 def test_unusable_classifier_file_is_an_input_error_naming_it(tmp_path, make, problem):

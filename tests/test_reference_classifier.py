@@ -10,7 +10,6 @@ from pipeline.editing.editing import AttributeClassifier, classifier_edit
 from tests.reference_fixture import golden, max_abs_difference, meta, tolerance
 
 
-
 def reference_state(g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A ClsModel state dict in the reference layout holding the fixture's classifier and statistics."""
     weight = g["input.classifier_weight"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from pipeline.core.errors import InputError
@@ -81,7 +81,7 @@ class AttributeClassifier:
         save_file(tensors, str(path), metadata={"attributes": json.dumps(self.attributes)})
 
     @classmethod
-    def load(cls, path: Path | str) -> "AttributeClassifier":
+    def load(cls, path: Path | str) -> AttributeClassifier:
         """Read a classifier written by :meth:`save`.
 
         A file that is missing, not a readable safetensors file (random bytes, cut short), or not a classifier
@@ -121,9 +121,7 @@ def _read_classifier_file(path: Path) -> tuple[dict[str, str], dict[str, np.ndar
                 found = sorted(present)[:8]
                 raise InputError(path, f"not an attribute classifier: missing tensors {missing} (found {found})")
             return metadata, {name: f.get_tensor(name) for name in CLASSIFIER_TENSORS}
-    except InputError:
-        raise
-    except Exception as exc:  # safetensors raises its own error type (and others) for cut or foreign files
+    except (SafetensorError, OSError, TypeError) as exc:  # TypeError: a dtype numpy lacks (bfloat16)
         detail = (str(exc).splitlines() or [""])[0]
         raise InputError(path, f"not a readable safetensors file ({type(exc).__name__}: {detail})") from None
 
