@@ -79,13 +79,21 @@ def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
         ["not_an_artifact"],
         out("encode_wrong_folder"),
     )
-    # A params file with a typo'd key fails before anything is decoded.
+    # A params file with a typo'd key in a section the stage reads fails before anything is decoded. (A stage
+    # validates the sections it reads, and every top-level key; a typo in another section fails its stage.)
     bad_params = root / "bad_params.yaml"
-    bad_params.write_text("extract:\n  max_frames: 3\nalign:\n  bogus: 1\n")
+    bad_params.write_text("extract:\n  max_frames: 3\n  bogus: 1\n")
     cases["unknown_param"] = CliCase(
         ["extract", str(sample), str(out("unknown_param")), "--params", str(bad_params)],
-        ["align.bogus", "bad_params.yaml"],
+        ["extract.bogus", "bad_params.yaml"],
         out("unknown_param"),
+    )
+    bad_top = root / "bad_top.yaml"
+    bad_top.write_text("extract:\n  max_frames: 3\nalgin:\n  backend: dlib\n")
+    cases["unknown_section"] = CliCase(
+        ["extract", str(sample), str(out("unknown_section")), "--params", str(bad_top)],
+        ["algin: unknown key", "bad_top.yaml"],
+        out("unknown_section"),
     )
     # Bad expression edits in a params file stop the edit stage before it reads anything else.
     for name, expressions, problem in (
@@ -125,6 +133,7 @@ CASE_NAMES = [
     "align_wrong_folder",
     "encode_wrong_folder",
     "unknown_param",
+    "unknown_section",
     "keyframes_not_increasing",
     "unknown_expression",
 ]

@@ -47,9 +47,9 @@ LIPS = np.arange(48, 68) - 17
 INNER_UPPER_LIP, INNER_LOWER_LIP = 62 - 17, 66 - 17  # the centres of the inner lip lines
 # mouth_open at strength 1, in inter-ocular distances along the face's downward axis (pipeline/editing/motion.py).
 LOWER_LIP_DOWN, UPPER_LIP_UP = 0.40, 0.05
-# The move fades as 1 - (offset / half width)^2 from the mouth's centre line; the inner lip centres of the
-# sample's near-frontal face lie within 6% of the half width from it (weight >= 0.996), and within 15% on
-# any face turned less than about 30 degrees (weight >= 0.975): 0.40 x 0.025 = 0.01 of the inter-ocular distance.
+# The move fades as 1 - (offset / half width)^2 away from the mouth's centre line. The inner lip centres of the
+# sample's near-frontal face lie within 6% of the half width from it (weight >= 0.996: the lower lip moves
+# 0.3985-0.40); 0.01 of the inter-ocular distance allows offsets up to 15% (weight 0.975).
 LIP_MOVE_TOLERANCE = 0.01
 # Mean change (grey levels) inside the face mask that an edit must make over the zero-strength edit. Decoding
 # the same codes in another place of a UNet batch changes a grey level by at most 1 (test_edit_render), and
@@ -118,6 +118,7 @@ class Decoded:
 
 @pytest.fixture(scope="module")
 def decoded(micro_model, micro_inversion, sample_run, driver_run, tmp_path_factory) -> Decoded:
+    """EDITS decoded together by the edit stage from the micro model's inversion of the sample."""
     root = tmp_path_factory.mktemp("motion_edits")
     out_dirs = {name: root / name for name in EDITS}
     # The id's file is never read: the prepared driver comes in through `motion`.

@@ -213,6 +213,7 @@ def test_two_dva_edit_runs_at_once_compute_each_step_once(micro_model, sample_cl
     assert metrics[0] == metrics[1]
 
 
+@pytest.mark.slow  # a second full dva edit; the keys it relies on are tested above without one
 def test_dva_edit_recomputes_the_inversion_after_a_comment_in_the_unet(micro_model, sample_clip, code_copy,
                                                                          monkeypatch, tmp_path):
     from workflows.one_off import edit_one_video
