@@ -65,11 +65,12 @@ def track_face(per_frame: list[list[FaceDetection]], face_index: int = 0, max_ga
         landmarks[index] = chosen.landmarks
         scores[index] = chosen.score
         status[index] = OK
-    _fill_gaps(landmarks, status, max_gap)
+    fill_gaps(landmarks, status, max_gap)
     return FaceTrack(landmarks=landmarks, scores=scores, status=status)
 
 
-def _fill_gaps(landmarks: np.ndarray, status: list[str], max_gap: int) -> None:
+def fill_gaps(landmarks: np.ndarray, status: list[str], max_gap: int) -> None:
+    """Interpolate (in place) detection gaps of at most `max_gap` frames; hold short gaps at the ends."""
     detected = [index for index, state in enumerate(status) if state == OK]
     if not detected:
         return
