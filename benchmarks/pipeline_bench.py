@@ -123,10 +123,12 @@ def inference_variants(checkpoint: Path, device: torch.device, sampler: Sampler,
     from pipeline.model.inversion import decode_frames, prepare_model
     from pipeline.model.settings import InferenceSettings
 
-    variants = [InferenceSettings(), InferenceSettings(precision="bfloat16"), InferenceSettings(channels_last=True),
-                InferenceSettings(compile=True)]
+    # Each setting alone against plain float32 (the `auto` defaults would mix them on CUDA).
+    plain = {"precision": "float32", "channels_last": False}
+    variants = [InferenceSettings(**plain), InferenceSettings(**plain | {"precision": "bfloat16"}),
+                InferenceSettings(**plain | {"channels_last": True}), InferenceSettings(**plain | {"compile": True})]
     if device.type == "cuda":
-        variants.insert(2, InferenceSettings(precision="float16"))
+        variants.insert(2, InferenceSettings(**plain | {"precision": "float16"}))
     results = []
     for settings in variants:
         model, _ = load_model(checkpoint, device)

@@ -17,6 +17,7 @@ from pipeline.core.conventions import Conventions
 from pipeline.core.errors import ParamsError
 from pipeline.editing.kinds import EditSpec
 from pipeline.editing.settings import EditParams, FitClassifiersParams, check_label_paths
+from pipeline.evaluation.settings import EvaluateParams
 from pipeline.faces.settings import AlignParams, EncodeParams
 from pipeline.model.checkpoint import model_conventions, model_resolution
 from pipeline.model.inversion import InvertParams
@@ -42,6 +43,7 @@ class Params(Section):
     edit: EditParams = EditParams()
     edits: dict[str, EditSpec] = {}
     render: RenderParams = RenderParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     @field_validator("videos", "drivers")
     @classmethod
@@ -89,12 +91,13 @@ class Params(Section):
 
 
 def for_checkpoint(params: Params, checkpoint: Path, conventions: Conventions | None = None,
-                   source: str = "params.yaml") -> Params:
+                   source: str = "params.yaml", context: dict | None = None) -> Params:
     """`params` as a run of `checkpoint` from the first step needs them.
 
     `conventions` (a command-line choice) replaces the file's; `auto` becomes the model's own (`reference` for
     an imported model), whose profile then fills what the file leaves unset. The crops take the model's
-    resolution; an explicit `model.resolution` that differs is an error naming both.
+    resolution; an explicit `model.resolution` that differs is an error naming both. `context`: as
+    :func:`parse_params`'s (a one-off run's params keep their absolute weights paths).
     """
     explicit = params.model_dump(exclude_unset=True)
     chosen = conventions or params.conventions
@@ -105,14 +108,23 @@ def for_checkpoint(params: Params, checkpoint: Path, conventions: Conventions | 
         raise ParamsError(f"{source}: model.resolution is {model['resolution']} but {checkpoint} is a "
                           f"{resolution} px model: remove the setting or set it to {resolution}")
     model["resolution"] = resolution
-    return parse_params(explicit, source)
+    return parse_params(explicit, source, context)
 
 
-def parse_params(raw: object, source: str = "params.yaml") -> Params:
-    """Validate an already-loaded params mapping; errors name the offending key."""
-    return parse_schema(raw, Params, source)
+def parse_params(raw: object, source: str = "params.yaml", context: dict | None = None) -> Params:
+    """Validate an already-loaded params mapping; errors name the offending key.
+
+    `context` is :data:`pipeline.core.config.ONE_OFF` for a one-off run (absolute weights paths allowed).
+    """
+    return parse_schema(raw, Params, source, context)
 
 
-def load_params(path: Path) -> Params:
-    """Read and validate the whole `params.yaml`."""
-    return read_params(path, Params)
+def load_params(path: Path, context: dict | None = None) -> Params:
+    """Read and validate the whole `params.yaml` (`context` as :func:`parse_params`'s)."""
+    return read_params(path, Params, context)
+
+
+def packaged_defaults_file() -> Path:
+    """The defaults shipped with the package (`pipeline/defaults/params.yaml`): the project's `params.yaml`
+    without its videos, drivers and edits, for `dva edit` run outside a project folder."""
+    return Path(__file__).resolve().parent / "defaults" / "params.yaml"

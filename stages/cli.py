@@ -43,6 +43,7 @@ STAGE_MODULES = {
     "render": "stages.render",
     "evaluate": "stages.evaluate",
     "audit": "stages.audit",
+    "report": "stages.report",
     "batch": "workflows.batch",
     "schedule": "workflows.schedule",
     "server": "stages.server",

@@ -38,7 +38,7 @@ from pipeline.faces.identity import l2_normalise
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.checkpoint import load_model, require_explicit_conventions
 from pipeline.model.diffusion import DDIMScheduler
-from pipeline.model.inversion import decode_frames, face_codes, prepare_model, to_uint8_crops
+from pipeline.model.inversion import decode_frames, face_codes, inference_batch_size, prepare_model, to_uint8_crops
 from pipeline.model.samplers import sampler_from_config
 from pipeline.params import Params, load_params
 from pipeline.runs.artifacts import (
@@ -67,10 +67,11 @@ def edit_video(
     progress: bool = True,
     run_id: str = "python",
     motion: MotionInputs | None = None,
+    window: np.ndarray | None = None,
 ) -> dict:
     """Decode every face frame of a video with the edited identity and blend it over the source."""
     return edit_videos({name: Path(out_dir)}, params, checkpoint, align_dir, encode_dir, invert_dir, baseline,
-                       progress, run_id, motion)[name]
+                       progress, run_id, motion, window)[name]
 
 
 def edit_videos(
@@ -84,13 +85,15 @@ def edit_videos(
     progress: bool = True,
     run_id: str = "python",
     motion: MotionInputs | None = None,
+    window: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Apply several edits (name -> output folder) to one video in one pass over its noise maps.
 
     Each batch of frames is decoded once for all edits (and their baselines) together: the noise
     maps and crops are read once and the UNet sees one larger batch, instead of one pass per edit.
     Motion and expression edits decode with their own landmark codes (`motion`: the video's frame
-    times and the motion edits' drivers); the others with the video's.
+    times and the motion edits' drivers); the others with the video's. `window` (frame indices, a
+    preview) decodes only those frames; the others stay zero, as no_face frames do.
     """
     unknown = sorted(set(out_dirs) - set(params.edits))
     if unknown:
@@ -110,6 +113,8 @@ def edit_videos(
     first = int(frames[0])
     first_frame = FirstFrame(np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]),
                              frame_identities[first])
+    if window is not None:  # after the first frame: a preview edits as the whole run does
+        frames = np.intersect1d(frames, window)
     edits = {name: params.edits[name].identity_edit(IdentityContext(
         name, model, video_identity, first_frame, device, params.align, params.encode, settings, progress))
         for name in out_dirs}
@@ -125,7 +130,7 @@ def edit_videos(
     count, size = len(status), crops.shape[1]
     # Each batch decodes len(frames) x len(streams) images; keep that within batch_size.
     streams = [(name, kind) for name in out_dirs for kind in (("edited", "baseline") if baseline else ("edited",))]
-    per_batch = max(1, settings.batch_size // len(streams))
+    per_batch = max(1, inference_batch_size(settings, model) // len(streams))
     batches = [frames[start : start + per_batch] for start in range(0, len(frames), per_batch)]
     with ExitStack() as stack:
         works = {name: stack.enter_context(atomic_output_dir(out_dir)) for name, out_dir in out_dirs.items()}

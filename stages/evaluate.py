@@ -7,9 +7,12 @@ from render; and how well the decoded faces follow the motion codes they were de
 (pipeline/evaluation/landmark_metrics.py): `landmarks.edit_error` (edited crops vs the edit's codes: a
 motion edit's driven codes, an expression edit's shifted ones, otherwise the video's own),
 `landmarks.reconstruction_error` (the unedited reconstruction vs those same codes, the baseline)
-and their `error_ratio`. Outputs in OUT_DIR: `metrics.json` (DVC metrics), `identity.csv` (DVC
-plot: per-frame identity cosine to the source for reconstruction, edit and baseline) and
-`landmarks.csv` (DVC plot: per-frame landmark error of edit and reconstruction).
+and their `error_ratio`; the reconstruction's fidelity to the source crops, as the paper reports it:
+`reconstruction.ms_ssim` (scales and window for the crop size in `ms_ssim_settings`) and
+`reconstruction.lpips` when `evaluate.lpips_weights` names the network (absent otherwise). Outputs
+in OUT_DIR: `metrics.json` (DVC metrics), `identity.csv` (DVC plot: per-frame identity cosine to the
+source for reconstruction, edit and baseline) and `landmarks.csv` (DVC plot: per-frame landmark error
+of edit and reconstruction).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from pipeline.core.progress import progress_bar
 from pipeline.editing.kinds import parse_edit
 from pipeline.editing.motion import feature_to_crop_fraction, landmark_errors
 from pipeline.evaluation.identity_metrics import temporal_identity_consistency
+from pipeline.evaluation.image_metrics import load_lpips, ms_ssim_settings, reconstruction_similarity
 from pipeline.evaluation.landmark_metrics import detect_crop_landmarks, follow_summary
+from pipeline.evaluation.settings import EvaluateParams
 from pipeline.faces.face_detection import make_landmark_detector
 from pipeline.faces.identity import IdentityEncoder, identity_encoder_from_params, l2_normalise
 from pipeline.faces.settings import AlignParams, EncodeParams
@@ -37,6 +42,7 @@ from pipeline.faces.tracking import NO_FACE
 from pipeline.runs.artifacts import (
     EDIT_INFO_FILE,
     EDIT_LANDMARKS_FILE,
+    open_crops,
     read_alignment,
     read_edit,
     read_features,
@@ -57,6 +63,7 @@ class EvaluateView(ParamsView):
 
     encode: EncodeParams = EncodeParams()
     align: AlignParams = AlignParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def embed_crops(
@@ -87,9 +94,15 @@ def evaluate_edit(
     progress: bool = True,
     run_id: str = "python",
     align: AlignParams | None = None,
+    settings: EvaluateParams | None = None,
 ) -> dict:
-    """Compute and write the metrics of one edit; returns them. `align` sets the landmark detector."""
-    align = align or AlignParams()
+    """Compute and write the metrics of one edit; returns them.
+
+    `align` sets the landmark detector; `settings` (the `evaluate` section) the optional LPIPS network.
+    """
+    align, settings = align or AlignParams(), settings or EvaluateParams()
+    # Loaded first: a missing or wrong LPIPS file stops before any other work.
+    lpips = load_lpips(settings.lpips_weights, settings.lpips_net, settings.device) if settings.lpips_weights else None
     alignment, features = read_alignment(align_dir), read_features(encode_dir)
     status, crop_landmarks = alignment.status, alignment.crop_landmarks
     source_codes, video_identity, features_meta = features.identities, features.video_identity, features.metadata
@@ -117,6 +130,11 @@ def evaluate_edit(
         plot[name] = similarity
         for target, code in targets.items():
             metrics[name][f"id_sim_{target}"] = float((l2_normalise(embedded) @ code).mean())
+    source_crops = open_crops(align_dir).crops
+    fidelity = reconstruction_similarity(source_crops, reconstruction, frames, lpips, BATCH, progress,
+                                         "reconstruction MS-SSIM" + (" / LPIPS" if lpips else ""))
+    metrics["reconstruction"] |= {name: float(values.mean()) for name, values in fidelity.items()}
+    metrics["ms_ssim_settings"] = ms_ssim_settings(source_crops.shape[1]).as_dict()
     metrics["edit"]["background_psnr"] = render["background_psnr_mean"]
     metrics["edit"]["background_psnr_min"] = render["background_psnr_min"]
     metrics["edit"]["code_cosine_to_source"] = info["identity_cosine_to_source"]
@@ -135,7 +153,8 @@ def evaluate_edit(
         plot.to_csv(work / PLOT_FILE, index=False)
         errors.to_csv(work / LANDMARK_PLOT_FILE, index=False)
         write_lineage(work, out_dir, stage="evaluate", inputs=[align_dir, encode_dir, invert_dir, edit_dir, render_dir],
-                      params={"encode": params, "align": align}, weights=encoder.weight_files | detector.weight_files,
+                      params={"encode": params, "align": align, "evaluate": settings},
+                      weights=encoder.weight_files | detector.weight_files | ({"lpips": lpips.path} if lpips else {}),
                       run_id=run_id)
     return metrics
 
@@ -152,6 +171,7 @@ def cli(
 ) -> None:
     settings = read_params(params, EvaluateView)
     metrics = evaluate_edit(align_dir, encode_dir, invert_dir, edit_dir, render_dir, out_dir, settings.encode,
-                            progress=not quiet, run_id=cli_run_id(os.environ), align=settings.align)
+                            progress=not quiet, run_id=cli_run_id(os.environ), align=settings.align,
+                            settings=settings.evaluate)
     if not quiet:
         typer.echo(json.dumps(metrics))

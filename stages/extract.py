@@ -1,8 +1,9 @@
-"""Decode a video into one lossless frames file, a frame table and a meta file.
+"""Store a video's frames for the later stages: a copy of the source, a frame table and a meta file.
 
-Outputs in OUT_DIR: `frames.mkv` (FFV1, lossless RGB), `frames.parquet` (index, pts, time in
-seconds: the source timing, variable frame rate included), `meta.json`, and `audio.mka` (the
-source's audio stream, copied without re-encoding) when the source has audio.
+Outputs in OUT_DIR: `frames.video` (the source file, copied byte for byte and decoded again on every
+read: the same frames each time, see `pipeline.video.video_io`), `frames.parquet` (index, pts, time in
+seconds: the source timing, variable frame rate included), `meta.json`, and `audio.mka` (the source's
+audio stream, copied without re-encoding) when the source has audio.
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ import dataclasses
 import os
 from pathlib import Path
 
-import pyarrow as pa
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.config import ParamsView, read_params
-from pipeline.core.progress import progress_bar
-from pipeline.core.tables import write_table
-from pipeline.runs.artifacts import AUDIO_FILE, FRAME_TABLE_FILE, FRAMES_FILE, META_FILE
+from pipeline.runs.artifacts import AUDIO_FILE, FRAMES_FILE, META_FILE
 from pipeline.runs.lineage import cli_run_id, write_lineage
 from pipeline.video.settings import ExtractParams
-from pipeline.video.video_io import LosslessFrameWriter, VideoMeta, copy_audio, iter_frames, probe
+from pipeline.video.video_io import VideoMeta, copy_audio, probe, store_frames
 
 
 class ExtractView(ParamsView):
@@ -36,31 +34,16 @@ def extract_video(
     """Stream `video` into `out_dir` (written under a temporary name, renamed when complete)."""
     video, out_dir = Path(video), Path(out_dir)
     meta = probe(video)
-    indices, pts, times = [], [], []
     declared = meta.frame_count or None
     expected = min(declared, max_frames) if declared and max_frames else declared or max_frames
     with atomic_output_dir(out_dir) as work:
-        with LosslessFrameWriter(work / FRAMES_FILE, meta.width, meta.height) as writer:
-            frames = iter_frames(video, max_frames=max_frames)
-            for frame in progress_bar(frames, enabled=progress, total=expected, desc=f"extract {video.name}"):
-                writer.write(frame.rgb)
-                indices.append(frame.index)
-                pts.append(frame.pts)
-                times.append(frame.time)
-        write_table(
-            work / FRAME_TABLE_FILE,
-            {
-                "index": pa.array(indices, pa.int32()),
-                "pts": pa.array(pts, pa.int64()),
-                "time": pa.array(times, pa.float64()),
-            },
-            {"source": video.name, "time_base": meta.time_base},
-        )
+        # Writes FRAME_TABLE_FILE too: its name follows from FRAMES_FILE's (`frame_table_path`).
+        frames = store_frames(video, work / FRAMES_FILE, max_frames, {"source": video.name}, progress, expected)
         if meta.has_audio:
             copy_audio(video, work / AUDIO_FILE)
-        meta = dataclasses.replace(meta, frame_count=len(indices))
-        if times and not meta.duration:
-            meta = dataclasses.replace(meta, duration=float(times[-1] + 1 / (meta.fps or 25)))
+        meta = dataclasses.replace(meta, frame_count=len(frames))
+        if frames and not meta.duration:
+            meta = dataclasses.replace(meta, duration=float(frames[-1].time + 1 / (meta.fps or 25)))
         meta.to_json(work / META_FILE)
         write_lineage(work, out_dir, stage="extract", inputs=[video], params={"extract": {"max_frames": max_frames}},
                       run_id=run_id)

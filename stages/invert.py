@@ -5,9 +5,10 @@ raw mean) and each frame's landmark feature. The sampler is
 `invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/model/samplers.py). Outputs in
 OUT_DIR: `noise.npy`, float32, zeros for no_face frames: the sampler's state per frame, (N, 3, R, R)
 noise maps `x_T` for DDIM, (N, 2, 3, R, R) `x_T` and the latent of the second timestep for BDIA;
-`recon.npy` (N, R, R, 3) uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, noise
-std; its metadata holds the sampler's config, which every edit decodes with) and `metrics.json`
-(means over the face frames: psnr, ssim, noise_std; DVC metrics).
+`recon.npy` (N, R, R, 3) uint8 decoded reconstructions, `frames.parquet` (per-frame PSNR, SSIM, MS-SSIM,
+noise std; its metadata holds the sampler's config, which every edit decodes with) and `metrics.json`
+(means over the face frames: psnr, ssim, ms_ssim, noise_std, and the MS-SSIM scales and window used
+for this crop size, pipeline/evaluation/image_metrics.py; DVC metrics).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import write_table
+from pipeline.evaluation.image_metrics import ms_ssim, ms_ssim_settings, to_unit_images
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.checkpoint import load_model, require_explicit_conventions
 from pipeline.model.diffusion import DDIMScheduler
@@ -37,6 +39,7 @@ from pipeline.model.inversion import (
     InvertParams,
     decode_frames,
     face_codes,
+    inference_batch_size,
     invert_frames,
     prepare_model,
     to_model_images,
@@ -81,8 +84,17 @@ def invert_video(
     params: InvertParams,
     progress: bool = True,
     run_id: str = "python",
+    window: np.ndarray | None = None,
+    frame_cache: Path | None = None,
 ) -> dict:
-    """Invert and re-decode all face frames of one video; returns its metrics."""
+    """Invert and re-decode all face frames of one video; returns its metrics.
+
+    `window` (frame indices) inverts only those face frames (a preview: the other rows stay zero and
+    NaN, the metrics cover the window). `frame_cache` is a folder of per-frame results (`<index>.npz`)
+    shared by the runs of one inversion key: frames found there are read instead of inverted, and a
+    window run adds the frames it inverts, so a full run after a preview inverts only the frames the
+    preview lacked.
+    """
     device = resolve_device(params.device)
     model, model_meta = load_model(checkpoint, device)
     model = prepare_model(model, params)
@@ -99,14 +111,24 @@ def invert_video(
         raise InputError(encode_dir, f"landmark features from {landmarks_by}, the model expects "
                          f"{model_meta['landmark_encoder']} (set encode.landmark_backend)")
     sampler = params.build_sampler(DDIMScheduler.from_settings(model.sampler))
-    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
+    frames = np.array([index for index, state in enumerate(status) if state != NO_FACE], dtype=np.int64)
+    if window is not None:
+        frames = np.intersect1d(frames, window)
     count, size = len(status), crops.shape[1]
-    psnr, ssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(3))
-    batches = [frames[start : start + params.batch_size] for start in range(0, len(frames), params.batch_size)]
+    psnr, ssim, msssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(4))
+    msssim_settings = ms_ssim_settings(size)
+    batch_size = inference_batch_size(params, model)
+    cached = [row for row in frames if frame_cache is not None and (Path(frame_cache) / f"{row}.npz").is_file()]
+    todo = np.setdiff1d(frames, cached)
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     with atomic_output_dir(out_dir) as work:
         noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32,
                                           shape=(count, *sampler.state_shape((3, size, size))))
         recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+        for row in cached:
+            with np.load(Path(frame_cache) / f"{row}.npz") as stored:
+                noise[row], recon[row] = stored["noise"], stored["recon"]
+                psnr[row], ssim[row], msssim[row], noise_std[row] = stored["quality"]
         for rows in progress_bar(batches, enabled=progress, total=len(batches),
                                  desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
@@ -116,13 +138,20 @@ def invert_video(
             noise[rows] = state.cpu().numpy()
             recon[rows] = to_uint8_crops(decoded)
             psnr[rows], ssim[rows] = frame_quality(source, decoded)
+            # Like PSNR and SSIM: the decode before rounding to uint8.
+            msssim[rows] = ms_ssim((decoded.detach().float().cpu().clamp(-1, 1) + 1) / 2, to_unit_images(source),
+                                   msssim_settings)
             noise_std[rows] = sampler.noise_maps(state).flatten(1).std(dim=1).cpu().numpy()
+            if frame_cache is not None and window is not None:  # a whole inversion supersedes the cache
+                _cache_frames(Path(frame_cache), rows, noise, recon, (psnr, ssim, msssim, noise_std))
         noise.flush()
         recon.flush()
         del noise, recon
         metrics = {
             "psnr": float(np.nanmean(psnr)),
             "ssim": float(np.nanmean(ssim)),
+            "ms_ssim": float(np.nanmean(msssim)),
+            "ms_ssim_settings": msssim_settings.as_dict(),
             "noise_std": float(np.nanmean(noise_std)),
             "noise_std_min": float(np.nanmin(noise_std)),
             "noise_std_max": float(np.nanmax(noise_std)),
@@ -136,6 +165,7 @@ def invert_video(
                 "status": pa.array(status, pa.string()),
                 "psnr": pa.array(psnr),
                 "ssim": pa.array(ssim),
+                "ms_ssim": pa.array(msssim),
                 "noise_std": pa.array(noise_std),
             },
             {"checkpoint_sha256": sha256_file(Path(checkpoint)), "video_identity": identity.tolist(),
@@ -146,6 +176,17 @@ def invert_video(
         write_lineage(work, out_dir, stage="invert", inputs=[align_dir, encode_dir], params={"invert": params},
                       weights={"autoencoder": Path(checkpoint)}, run_id=run_id)
     return metrics
+
+
+def _cache_frames(folder: Path, rows: np.ndarray, noise: np.ndarray, recon: np.ndarray,
+                  quality: tuple[np.ndarray, ...]) -> None:
+    # One file per frame, renamed into place when written: a killed run leaves only whole frames.
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        temporary = folder / f".{row}.tmp.npz"
+        np.savez(temporary, noise=noise[row], recon=recon[row],
+                 quality=np.array([values[row] for values in quality], dtype=np.float32))
+        os.replace(temporary, folder / f"{row}.npz")
 
 
 def cli(

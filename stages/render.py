@@ -61,6 +61,19 @@ def contact_sheet(rows: list[np.ndarray], columns: list[int]) -> np.ndarray:
     return np.concatenate([np.concatenate([stack[index] for index in columns], axis=1) for stack in rows], axis=0)
 
 
+def sheet_columns(status: list[str], count: int) -> list[int]:
+    """`count` face frames spread evenly over the video (first and last face frame included)."""
+    faces = [index for index, state in enumerate(status) if state != NO_FACE]
+    return [faces[i] for i in np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int)]
+
+
+def write_contact_sheet(path: Path, crops: np.ndarray, reconstruction: np.ndarray, edited: np.ndarray,
+                        columns: list[int]) -> None:
+    """The PNG contact sheet: rows source crop, reconstruction, edit; one column per listed frame."""
+    sheet = contact_sheet([crops, reconstruction, edited], columns)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
 def composite_frames(
     extract_dir: Path, align_dir: Path, edit_dir: Path, progress: bool
 ):
@@ -113,13 +126,8 @@ def render_video(
                 if score is not None:
                     background.append(score)
         crops = open_crops(align_dir).crops
-        faces = [index for index, state in enumerate(status) if state != NO_FACE]
-        picks = [faces[i] for i in np.linspace(0, len(faces) - 1, min(params.contact_sheet_columns, len(faces))).round().astype(int)]
-        sheet = contact_sheet(
-            [crops, reconstruction, edit.edited],
-            picks,
-        )
-        cv2.imwrite(str(work / CONTACT_SHEET_FILE), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        write_contact_sheet(work / CONTACT_SHEET_FILE, crops, reconstruction, edit.edited,
+                            sheet_columns(status, params.contact_sheet_columns))
         metrics = {
             "frames": len(status),
             "background_psnr_mean": float(np.mean(background)) if background else None,

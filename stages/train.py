@@ -3,25 +3,29 @@
 Outputs in OUT_DIR: `model.safetensors` (EMA weights, UNet config and the sha256 of every
 training input in its metadata) and `live/` (dvclive curves: loss, l_simple, l_reg). A resumable
 training state is kept in STATE_FILE; rerunning after an interruption continues from it.
-Under `torchrun --nproc_per_node N dva train ...` training runs data-parallel (DDP).
+Training runs data-parallel (DDP) in `train.processes` processes spawned here (CPU: two by default),
+or under `torchrun --nproc_per_node N dva train ...` in torchrun's (several GPUs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 import typer
 from pydantic import field_validator, model_validator
 
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.config import ParamsView, override_params, read_params
 from pipeline.core.device import resolve_device
-from pipeline.core.errors import InputError
+from pipeline.core.errors import DvaError, InputError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.progress import progress_bar
 from pipeline.faces.networks.face_encoder import load_face_parser
@@ -30,7 +34,7 @@ from pipeline.faces.networks.landmark_net import INPUT_SIZE as LANDMARK_INPUT_SI
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model import checkpoint
 from pipeline.model.settings import ModelParams, TrainParams, check_train_videos, training_videos
-from pipeline.model.training import TrainingClip, build_config, build_sampler, train
+from pipeline.model.training import TrainingClip, build_config, build_sampler, resolve_processes, train
 from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig, count_parameters
 from pipeline.runs.artifacts import CROPS_FILE, FEATURES_FILE, MASKS_FILE, MODEL_FILE, open_crops, read_features
 from pipeline.runs.lineage import cli_run_id, write_lineage
@@ -92,9 +96,26 @@ def load_clip(
     return clip, hashes, metadata
 
 
-def _distributed() -> tuple[int, int, int]:
+def _torchrun() -> tuple[int, int, int]:
     # torchrun sets these; a plain run is rank 0 of 1.
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+@dataclass
+class TrainJob:
+    """What every training process needs (pickled into each spawned worker)."""
+
+    params: TrainView
+    clips: list[TrainingClip]
+    hashes: dict[str, str]
+    encoder: str
+    config: UNetConfig
+    parameters: int
+    data_root: Path
+    out_dir: Path
+    state_file: Path
+    progress: bool
+    run_id: str
 
 
 def train_autoencoder(
@@ -106,7 +127,10 @@ def train_autoencoder(
     quiet: bool = False,
     run_id: str = "python",
 ) -> dict:
-    """Train on `params.train_videos` read from `data_root/{align,encode}/<id>`; returns a summary."""
+    """Train on `params.train_videos` read from `data_root/{align,encode}/<id>`; returns a summary.
+
+    Runs `train.processes` data-parallel processes (spawned here, gloo), or one per rank under torchrun.
+    """
     data_root = Path(data_root)
     clips, hashes, encoders = [], {}, set()
     parser = None
@@ -125,55 +149,126 @@ def train_autoencoder(
     config = build_config(params.model, id_dim)
     if crop_size != config.resolution:
         raise InputError(data_root / "align", f"crops are {crop_size} px but the model is {config.resolution} px")
-    rank, world_size, local_rank = _distributed()
+    rank, world_size, local_rank = _torchrun()
     device = resolve_device(params.train.device)
+    cores = torch.get_num_threads()  # torch's default: the physical cores, or OMP_NUM_THREADS when set
+    processes = world_size if world_size > 1 else resolve_processes(
+        params.train.processes, device, cores, params.train.videos_per_batch * params.train.frames_per_video)
+    threads = max(1, cores // processes)
+    job = TrainJob(params, clips, hashes, encoder, config, count_parameters(build_model_for_count(config)),
+                   data_root, Path(out_dir), Path(state_file), progress, run_id)
+    if rank == 0 and not quiet:
+        layout = f" ({processes} processes x {threads} thread{'s' * (threads > 1)})" if processes > 1 else ""
+        typer.echo(f"UNet '{params.model.preset}' {config.resolution}px: {job.parameters:,} parameters on "
+                   f"{device}{layout}")
     if world_size > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    parameters = count_parameters(build_model_for_count(config))
-    if rank == 0 and not quiet:
-        typer.echo(f"UNet '{params.model.preset}' {config.resolution}px: {parameters:,} parameters on {device}")
+        try:
+            if rank > 0:
+                _train_rank(job, None, rank, world_size, device)
+                return {}
+            with atomic_output_dir(out_dir) as work:
+                _train_rank(job, work, rank, world_size, device)
+                return json.loads((work / "summary.json").read_text())
+        finally:
+            torch.distributed.destroy_process_group()
     with atomic_output_dir(out_dir) as work:
-        live = _live(work / "live") if rank == 0 else None
-        started = time.perf_counter()
-        result = train(
-            clips, config, build_sampler(params.model), params.train, device, Path(state_file), hashes,
-            log=(lambda step, record: _log(live, step, record)) if live else None,
-            progress=(lambda steps: progress_bar(steps, enabled=progress and rank == 0, total=len(steps), desc="train")),
-            distributed=(rank, world_size),
-        )
-        elapsed = time.perf_counter() - started
-        summary = {
-            "parameters": parameters,
-            "start_step": result.start_step,
-            "steps": result.steps,
-            "images_per_second": (result.steps - result.start_step) * params.train.videos_per_batch
-            * params.train.frames_per_video * world_size / max(elapsed, 1e-9),
-            "final": result.history[-1] if result.history else {},
-        }
-        if rank == 0:
-            live.end()
-            checkpoint.save_model(
-                work / MODEL_FILE,
-                result.model,
-                {
-                    "identity_encoder": encoder,
-                    "train_videos": json.dumps(params.train_videos),
-                    "training_data_sha256": json.dumps(hashes, sort_keys=True),
-                    "train_params": params.train.model_dump_json(),
-                    "steps": str(result.steps),
-                },
-            )
-            (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            folders = [data_root / stage / video_id for video_id in params.train_videos for stage in ("align", "encode")]
-            write_lineage(work, out_dir, stage="train", inputs=folders,
-                          params={"train": params.train, "model": params.model, "train_videos": params.train_videos},
-                          run_id=run_id)
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
-    return summary
+        if processes > 1:
+            _spawn(job, work, processes, threads)
+        else:
+            _train_rank(job, work, 0, 1, device)
+        return json.loads((work / "summary.json").read_text())
+
+
+def _train_rank(job: TrainJob, work: Path | None, rank: int, world_size: int, device: torch.device) -> None:
+    """One process's part of the training; rank 0 also writes curves, model, summary and lineage into `work`."""
+    params = job.params
+    live = _live(work / "live") if rank == 0 else None
+    started = time.perf_counter()
+    result = train(
+        job.clips, job.config, build_sampler(params.model), params.train, device, job.state_file, job.hashes,
+        log=(lambda step, record: _log(live, step, record)) if live else None,
+        progress=(lambda steps: progress_bar(steps, enabled=job.progress and rank == 0, total=len(steps),
+                                             desc="train")),
+        distributed=(rank, world_size),
+    )
+    elapsed = time.perf_counter() - started
+    if rank > 0:
+        return
+    live.end()
+    summary = {
+        "parameters": job.parameters,
+        "processes": world_size,
+        "start_step": result.start_step,
+        "steps": result.steps,
+        "images_per_second": (result.steps - result.start_step) * params.train.videos_per_batch
+        * params.train.frames_per_video / max(elapsed, 1e-9),
+        "final": result.history[-1] if result.history else {},
+    }
+    checkpoint.save_model(
+        work / MODEL_FILE,
+        result.model,
+        {
+            "identity_encoder": job.encoder,
+            "train_videos": json.dumps(params.train_videos),
+            "training_data_sha256": json.dumps(job.hashes, sort_keys=True),
+            "train_params": params.train.model_dump_json(),
+            "steps": str(result.steps),
+        },
+    )
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    folders = [job.data_root / stage / video_id for video_id in params.train_videos for stage in ("align", "encode")]
+    write_lineage(work, job.out_dir, stage="train", inputs=folders,
+                  params={"train": params.train, "model": params.model, "train_videos": params.train_videos},
+                  run_id=job.run_id)
+
+
+def _spawn(job: TrainJob, work: Path, processes: int, threads: int) -> None:
+    """Train in `processes` spawned processes of `threads` threads each; a worker's error becomes a DvaError.
+
+    Each worker gets its own copy of the clips (pickled): fine at CPU scale, where this runs (the demo's
+    clip is 1.4 MB); multi-GPU runs use torchrun, whose processes memory-map the crops themselves.
+    """
+    context = mp.get_context("spawn")
+    errors = context.SimpleQueue()
+    with tempfile.TemporaryDirectory(prefix="dva-train-") as rendezvous:
+        # A file store: the processes meet without opening a port.
+        store = f"file://{Path(rendezvous) / 'store'}"
+        try:
+            mp.spawn(_worker, args=(processes, threads, store, job, work, errors), nprocs=processes, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            # The first failure's own message; the processes stopped after it only report being stopped.
+            reported = dict(_drain(errors))
+            message = reported.get(exc.error_index) or next(iter(reported.values()), None)
+            raise DvaError(message or f"training process {exc.error_index} died ({exc})") from None
+
+
+def _drain(queue) -> list[tuple[int, str]]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items
+
+
+def _worker(rank: int, processes: int, threads: int, store: str, job: TrainJob, work: Path, errors) -> None:
+    # One thread per process: the processes, not the threads, share the cores.
+    torch.set_num_threads(threads)
+    try:
+        torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=processes)
+        try:
+            _train_rank(job, work, rank, processes, torch.device("cpu"))
+        finally:
+            torch.distributed.destroy_process_group()
+    except DvaError as exc:
+        errors.put((rank, str(exc)))
+        raise
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        errors.put((rank, f"training process {rank} failed: {type(exc).__name__}: {first_line}"))
+        raise
 
 
 def build_model_for_count(config: UNetConfig) -> DiffusionVideoAutoencoder:

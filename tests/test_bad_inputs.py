@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.runs.artifacts import read_features
+from pipeline.runs.artifacts import FRAMES_FILE, read_features
 from pipeline.video.video_io import read_lossless_frames
 from stages.extract import extract_video
 
@@ -299,7 +299,7 @@ def test_extract_frames_are_bit_exact_for_a_lossless_source(tmp_path, video_tool
     )
     meta = extract_video(source, tmp_path / "out", progress=False)
     assert (meta.width, meta.height, meta.frame_count) == (37, 21, 6)
-    extracted = list(read_lossless_frames(tmp_path / "out" / "frames.mkv"))
+    extracted = list(read_lossless_frames(tmp_path / "out" / FRAMES_FILE))
     assert len(extracted) == len(source_frames)
     for original, copy in zip(source_frames, extracted):
         np.testing.assert_array_equal(copy, original)
@@ -307,7 +307,7 @@ def test_extract_frames_are_bit_exact_for_a_lossless_source(tmp_path, video_tool
 
 def test_extracted_sample_matches_pyav_decode_bit_for_bit(sample_run, sample_clip):
     # The frames file must hold exactly what decoding the source gives, with no colour rounding.
-    extracted = list(read_lossless_frames(sample_run.extract / "frames.mkv"))
+    extracted = list(read_lossless_frames(sample_run.extract / FRAMES_FILE))
     with av.open(str(sample_clip)) as container:
         reference = []
         for frame in container.decode(video=0):
@@ -339,7 +339,7 @@ def test_max_frames_stops_early(tmp_path, sample_clip):
     meta = extract_video(sample_clip, tmp_path / "out", max_frames=5, progress=False)
     assert meta.frame_count == 5
     assert pq.read_table(tmp_path / "out" / "frames.parquet").num_rows == 5
-    assert len(list(read_lossless_frames(tmp_path / "out" / "frames.mkv"))) == 5
+    assert len(list(read_lossless_frames(tmp_path / "out" / FRAMES_FILE))) == 5
 
 
 def test_failed_rerun_keeps_the_previous_output(tmp_path, sample_clip, video_tools):

@@ -75,7 +75,7 @@ def test_stages_never_import_each_other():
 
 # The layers inside pipeline/, lowest first: a module may import its own layer's modules and lower layers'.
 # `pipeline/params.py` composes every concern's sections into the whole params file, so it sits on top.
-PIPELINE_LAYERS = {"core": 0, "video": 1, "runs": 1, "faces": 2, "model": 3, "editing": 4, "evaluation": 4,
+PIPELINE_LAYERS = {"core": 0, "video": 1, "runs": 1, "faces": 2, "model": 3, "editing": 4, "evaluation": 4, "report": 4,
                    "params": 5}
 
 

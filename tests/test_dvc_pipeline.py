@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipeline.runs.artifacts import FRAMES_FILE
+
 from .conftest import REPO_ROOT, SAMPLE_FRAMES
 
 STAGES = ("extract", "align", "encode")
@@ -81,7 +83,7 @@ def test_repro_produces_every_stage_output(dvc_repo):
     repo, _, _, output = dvc_repo
     for stage in STAGES:
         assert f"Running stage '{stage}@{VIDEO}'" in output, output
-    assert (repo / "data/extract" / VIDEO / "frames.mkv").is_file()
+    assert (repo / "data/extract" / VIDEO / FRAMES_FILE).is_file()
     assert pq.read_table(repo / "data/extract" / VIDEO / "frames.parquet").num_rows == SAMPLE_FRAMES
     assert (repo / "data/align" / VIDEO / "crops.npy").is_file()
     assert (repo / "data/align" / VIDEO / "masks.npy").is_file()

@@ -24,6 +24,8 @@ EXAMPLES = {
     "reference": {"kind": "reference", "reference": "data/raw/face.jpg"},
     "motion": {"kind": "motion", "driver": "data/raw/driver.mp4"},
     "expression": {"kind": "expression", "expressions": {"smile": 0.5}},
+    "compose": {"kind": "compose", "edits": [{"kind": "classifier", "attributes": {"Smiling": 1.0}},
+                                             {"kind": "expression", "expressions": {"smile": 0.5}}]},
 }
 
 

@@ -21,7 +21,8 @@ def test_second_edit_reuses_alignment_and_inversion(micro_model, sample_clip, tm
     params = micro_model.settings(extract={"max_frames": SAMPLE_FRAMES},
                                   edits={"anon": {"kind": "reference", "away": True, "strength": 1.0}})
     work = tmp_path / "work"
-    first = edit_one_video(sample_clip, micro_model.checkpoint, "anon", tmp_path / "a.mp4", params, work, progress=False)
+    first = edit_one_video(sample_clip, micro_model.checkpoint, "anon", tmp_path / "a.mp4", params, work, progress=False,
+                           evaluate=True)
     inversion = _folders(work, "invert")
     stamp = (work / "invert" / inversion[0] / "noise.npy").stat().st_mtime_ns
     inline = '{"kind": "reference", "away": true, "strength": 0.5}'

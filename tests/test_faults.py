@@ -184,7 +184,7 @@ def test_two_batches_over_one_output_folder_at_once(batch_setup, dva_executable,
         env.pop("PREFECT_SERVER_ANALYTICS_ENABLED", None)
         processes.append(subprocess.Popen(
             [dva_executable, "batch", str(one), "--checkpoint", str(checkpoint), "--edit", "anonymise", "--edit",
-             "nudge", "--out", str(out), "--params", str(params_file), "--retries", "0", "--quiet"],
+             "nudge", "--out", str(out), "--params", str(params_file), "--retries", "0", "--evaluate", "--quiet"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
     outputs = [process.communicate(timeout=900)[0] for process in processes]

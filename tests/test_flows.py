@@ -64,7 +64,7 @@ def _batch(setup, videos: Path, out: Path, **options):
 
     _, _, params_file, checkpoint = setup
     return run_batch(videos, checkpoint, list(EDITS), out, params_file, retries=options.pop("retries", 0),
-                     retry_delay=0, quiet=True, **options)
+                     retry_delay=0, quiet=True, evaluate=options.pop("evaluate", True), **options)
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +112,8 @@ def test_inline_json_edit_runs_beside_a_named_edit(first_batch, batch_setup, tmp
     single.mkdir()
     shutil.copyfile(videos / "clip 1.mp4", single / "clip 1.mp4")
     inline = [json.dumps({"kind": "reference", "away": True, "strength": strength}) for strength in (0.4, 0.6)]
-    rows = run_batch(single, checkpoint, ["anonymise", *inline], out, params_file, retries=0, quiet=True)
+    rows = run_batch(single, checkpoint, ["anonymise", *inline], out, params_file, retries=0, quiet=True,
+                     evaluate=True)
     assert [(row.edit, row.status) for row in rows] == [
         ("anonymise", "cached"), ("custom", "completed"), ("custom-2", "completed")]
     for name in ("custom", "custom-2"):
@@ -136,11 +137,49 @@ def test_changed_edit_reruns_only_its_edit_render_and_evaluate(first_batch, batc
 
     from workflows.batch import run_batch
 
-    rows = run_batch(single, checkpoint, list(EDITS), out, changed, retries=0, quiet=True)
+    rows = run_batch(single, checkpoint, list(EDITS), out, changed, retries=0, quiet=True, evaluate=True)
     assert [(row.edit, row.status) for row in rows] == [("anonymise", "cached"), ("nudge", "completed")]
     after = {stage: folders(stage) for stage in before}
     assert after["extract"] == before["extract"] and after["invert"] == before["invert"]
     assert len(after["edit"] - before["edit"]) == 1 and len(after["render"] - before["render"]) == 1
+
+
+def test_without_evaluation_each_edit_is_decoded_once(first_batch, batch_setup, tmp_path, monkeypatch):
+    """No baseline, no evaluate step and no metrics without `evaluate`; asked with it afterwards, the edit is
+    decoded again with its baseline (never handed to evaluate without one)."""
+    import stages.edit
+    from pipeline.runs.artifacts import BASELINE_FILE
+    from workflows.batch import run_batch
+
+    out, _ = first_batch
+    _, videos, params_file, checkpoint = batch_setup
+    real, decoded = stages.edit.decode_frames, []
+
+    def counting(model, sampler, latents, *args, **kwargs):
+        decoded.append(len(latents))
+        return real(model, sampler, latents, *args, **kwargs)
+
+    monkeypatch.setattr(stages.edit, "decode_frames", counting)
+    single = tmp_path / "one"
+    single.mkdir()
+    shutil.copyfile(videos / "clip 2.mp4", single / "clip 2.mp4")
+    spec = '{"kind": "reference", "away": true, "strength": 0.45}'
+    evaluated = set((out / "work" / "evaluate").iterdir())
+
+    rows = run_batch(single, checkpoint, [spec], out, params_file, retries=0, quiet=True)
+    assert [(row.status, row.tl_id, row.tg_id) for row in rows] == [("completed", None, None)]
+    assert sum(decoded) == CLIP_FRAMES  # every frame of the one edit once (the clip has a face in every frame)
+    edit = Path(rows[0].output).parent
+    assert (edit / "edited.mp4").is_file() and not (edit / "metrics.json").exists()
+    assert set((out / "work" / "evaluate").iterdir()) == evaluated
+    assert not any((folder / BASELINE_FILE).exists() for folder in (out / "work" / "edit").iterdir()
+                   if (folder / "edit.json").is_file() and "0.45" in (folder / "edit.json").read_text())
+
+    decoded.clear()
+    rows = run_batch(single, checkpoint, [spec], out, params_file, retries=0, quiet=True, evaluate=True)
+    assert rows[0].status == "completed" and rows[0].tl_id is not None
+    assert sum(decoded) == 2 * CLIP_FRAMES  # the edit and its per-frame baseline
+    assert (edit / "metrics.json").is_file()
 
 
 def test_changed_sampler_reruns_invert_and_everything_after_it(first_batch, batch_setup, tmp_path):
@@ -206,16 +245,38 @@ def test_transient_fault_is_retried(batch_setup, tmp_path, monkeypatch):
     assert {row.status for row in rows} == {"completed"}
 
 
-def test_flow_on_a_local_dask_cluster(batch_setup, tmp_path):
+def test_quiet_dask_run_prints_the_summary_alone(batch_setup, dva_executable, tmp_path, video_tools):
+    """`dva batch --runner dask --quiet` on a local cluster: no Dask or Prefect log lines, here or from the
+    workers; a faceless video is reported by its own path, never by the work folder its step ran in."""
+    import os
+    import subprocess
+
+    _, videos, params_file, checkpoint = batch_setup
     two = tmp_path / "two"
     two.mkdir()
     for name in ("clip 0.mp4", "clip 2.mp4"):
-        shutil.copyfile(batch_setup[1] / name, two / name)
-    rows = _batch(batch_setup, two, tmp_path / "out", runner="dask", workers=2)
-    assert [(row.video, row.status) for row in rows] == [
-        ("clip_0", "completed"), ("clip_0", "completed"), ("clip_2", "completed"), ("clip_2", "completed")
-    ]
-    assert all(Path(row.output).is_file() for row in rows)
+        shutil.copyfile(videos / name, two / name)
+    video_tools.write_video(two / "empty.mp4", [np.full((64, 64, 3), 90, np.uint8)] * CLIP_FRAMES)
+    out = tmp_path / "out"
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("PREFECT_LOGGING", "DASK_"))}
+    run = subprocess.run(
+        [dva_executable, "batch", str(two), "--checkpoint", str(checkpoint), *(f"--edit={edit}" for edit in EDITS),
+         "--out", str(out), "--params", str(params_file), "--runner", "dask", "--workers", "2", "--retries", "0",
+         "--quiet"], env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    with open(out / "summary.csv") as handle:
+        summary = list(csv.DictReader(handle))
+    assert [(line["video"], line["status"]) for line in summary] == [
+        ("clip_0", "completed"), ("clip_0", "completed"), ("clip_2", "completed"), ("clip_2", "completed"),
+        ("empty", "failed"), ("empty", "failed")]
+    assert all(Path(line["output"]).is_file() for line in summary[:4])
+    assert {line["error"] for line in summary[4:]} == {f"align: {two / 'empty.mp4'}: no face found in any frame"}
+    # stderr: the one error line; stdout: the summary table (rich wraps long cells over several lines).
+    assert run.stderr.splitlines() == [f"error: 1 video(s) failed (empty); see {out / 'summary.csv'}"]
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("┏") and lines[-1].startswith("└"), run.stdout
+    assert all(line[0] in "┏┃┡│└" for line in lines), run.stdout
+    assert str(out / "work") not in run.stdout.replace("\n", "")
 
 
 def test_gpu_limit_serialises_gpu_tasks():

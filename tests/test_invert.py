@@ -19,8 +19,8 @@ from pipeline.core.tables import read_table
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.checkpoint import load_model
 from pipeline.model.diffusion import DDIMScheduler
-from pipeline.model.samplers import sampler_from_config
 from pipeline.model.inversion import decode_frames, face_codes, to_uint8_crops
+from pipeline.model.samplers import sampler_from_config
 from pipeline.runs.artifacts import (
     EDITED_FILE,
     INVERT_METRICS_FILE,
@@ -54,15 +54,18 @@ def test_invert_writes_noise_maps_reconstructions_and_metrics(micro_inversion, s
     status = read_features(sample_run.encode).status
     faces = [index for index, state in enumerate(status) if state != NO_FACE]
     assert metrics["frames"] == len(faces) and metrics["steps"] == 5
-    for key in ("psnr", "ssim", "noise_std"):
+    for key in ("psnr", "ssim", "ms_ssim", "noise_std"):
         assert np.isfinite(metrics[key]), key
+    assert 0 < metrics["ms_ssim"] <= 1
+    # 64 px crops: 3 scales of the 11 px window (pipeline/evaluation/image_metrics.py), recorded beside the figure.
+    assert metrics["ms_ssim_settings"]["scales"] == 3 and metrics["ms_ssim_settings"]["window"] == 11
 
     table, meta = read_table(micro_inversion / INVERT_TABLE_FILE)
     assert table.column("index").to_pylist() == list(range(count))
     assert table.column("status").to_pylist() == status
     assert meta["steps"] == 5 and len(meta["checkpoint_sha256"]) == 64
     # The table's per-frame values are what metrics.json averages.
-    for key in ("psnr", "ssim", "noise_std"):
+    for key in ("psnr", "ssim", "ms_ssim", "noise_std"):
         values = table.column(key).to_numpy(zero_copy_only=False)
         assert np.isfinite(values[faces]).all(), key
         assert values[faces].mean() == pytest.approx(metrics[key], rel=1e-5)
@@ -169,7 +172,7 @@ def test_bdia_inversion_stores_two_latents_and_reconstructs_exactly(bdia_inversi
     assert meta["timesteps"] == [0, 200, 400, 600, 800] and meta["timestep_spacing"] == "even"
     metrics = json.loads((bdia_inversion / INVERT_METRICS_FILE).read_text())
     # Measured on the float decode (observed ~100 dB); DDIM at S=5 gets ~20 dB from this model.
-    assert metrics["psnr"] > 60 and metrics["ssim"] > 0.9999, metrics
+    assert metrics["psnr"] > 60 and metrics["ssim"] > 0.9999 and metrics["ms_ssim"] > 0.9999, metrics
     recon = np.load(bdia_inversion / RECON_FILE)
     faces = [index for index, state in enumerate(read_features(sample_run.encode).status) if state != NO_FACE]
     difference = np.abs(recon[faces].astype(int) - np.asarray(crops)[faces].astype(int))

@@ -206,7 +206,7 @@ def test_dva_edit_follows_a_driver_of_another_size_and_frame_rate(micro_model, s
     out = tmp_path / "driven.mp4"
     spec = json.dumps({"kind": "motion", "driver": str(driver_clip)})
     metrics = edit_one_video(sample_clip, micro_model.checkpoint, spec, out, params, tmp_path / "work",
-                             progress=False)
+                             progress=False, evaluate=True)
 
     # Same frame count and timing as the edited video, whatever the driver's.
     source_times = [frame.time for frame in iter_frames(sample_clip, max_frames=SAMPLE_FRAMES)]
@@ -306,7 +306,7 @@ def test_dva_edit_follows_another_persons_clip(micro_model, sample_clip, tmp_pat
     params = micro_model.settings(extract={"max_frames": SAMPLE_FRAMES})
     out = tmp_path / "driven.mp4"
     metrics = edit_one_video(sample_clip, micro_model.checkpoint, json.dumps({"kind": "motion", "driver": str(driver)}),
-                             out, params, tmp_path / "work", progress=False)
+                             out, params, tmp_path / "work", progress=False, evaluate=True)
     source_times = [frame.time for frame in iter_frames(sample_clip, max_frames=SAMPLE_FRAMES)]
     np.testing.assert_allclose(_times(out), source_times, atol=1e-3)
     assert json.loads((tmp_path / "driven_metrics.json").read_text()) == metrics

@@ -219,3 +219,61 @@ def test_the_reference_timestep_rule_refuses_a_step_count_no_stride_gives():
     assert "no stride giving 37 steps" in str(error.value) and "nearest usable count is 36" in str(error.value)
     assert parse_params({"invert": {"steps": 36, "timestep_spacing": "stride"}}).invert.sampler_config[
         "timesteps"] == list(range(0, 1000, 28))
+
+
+# ----------------------------------------------------------------------------------------------
+# One-off runs: packaged defaults outside a project, absolute weights paths
+
+
+PROJECT_SECTIONS = ("videos", "drivers", "edits")  # what a project adds to the defaults
+
+
+def test_packaged_defaults_equal_the_projects_params_in_every_section():
+    from pipeline.params import packaged_defaults_file
+
+    project = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    packaged = yaml.safe_load(packaged_defaults_file().read_text())
+    assert not set(PROJECT_SECTIONS) & set(packaged)
+    assert {key: value for key, value in project.items() if key not in PROJECT_SECTIONS} == packaged
+    # And validated, the two agree on every section's value (train.videos: null names none of them).
+    whole, defaults = load_params(REPO_ROOT / "params.yaml"), load_params(packaged_defaults_file())
+    for section in Params.model_fields:
+        if section not in PROJECT_SECTIONS:
+            assert getattr(whole, section) == getattr(defaults, section), section
+
+
+def test_one_off_run_outside_a_project_uses_the_packaged_defaults_and_says_so(tmp_path, monkeypatch, capsys):
+    from pipeline.params import packaged_defaults_file
+    from workflows.one_off import one_off_params
+
+    monkeypatch.chdir(tmp_path)
+    assert one_off_params(None) == load_params(packaged_defaults_file())
+    assert capsys.readouterr().err.strip() == "no params.yaml here: using the packaged defaults"
+    (tmp_path / "params.yaml").write_text("invert: {steps: 3}\n")
+    assert one_off_params(None).invert.steps == 3
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ParamsError, match="elsewhere.yaml: params file not found"):
+        one_off_params(tmp_path / "elsewhere.yaml")
+
+
+def test_dva_edit_with_a_missing_explicit_params_file_is_one_error_line(tmp_path, dva_executable):
+    import subprocess
+
+    result = subprocess.run([dva_executable, "edit", str(tmp_path / "v.mp4"), "--checkpoint", str(tmp_path / "m"),
+                             "--edit", "x", "--out", str(tmp_path / "o.mp4"), "--params", str(tmp_path / "p.yaml")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {tmp_path / 'p.yaml'}: params file not found"
+
+
+@pytest.mark.parametrize("section, key", [("encode", "arcface_weights"), ("align", "fan_weights")])
+def test_absolute_weights_paths_only_in_one_off_runs(section, key):
+    from pipeline.core.config import ONE_OFF
+
+    raw = {section: {key: "/downloads/weights.bin"}}
+    with pytest.raises(ParamsError, match=f"{section}.{key}: path '/downloads/weights.bin' must be relative"):
+        parse_params(raw)
+    assert getattr(getattr(parse_params(raw, context=ONE_OFF), section), key) == "/downloads/weights.bin"
+    # Escaping the project by a relative path stays an error everywhere.
+    with pytest.raises(ParamsError, match="must be relative"):
+        parse_params({section: {key: "models/../../weights.bin"}}, context=ONE_OFF)

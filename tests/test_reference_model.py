@@ -207,5 +207,5 @@ def test_imported_model_edits_the_bundled_clip_with_its_own_encoders(sample_clip
     })
     spec = '{"kind": "classifier", "classifier": "data/classifier.safetensors", "attributes": {"Eyeglasses": 0.3}}'
     metrics = edit_one_video(sample_clip, Path(weights), spec, tmp_path / "edited.mp4", params, tmp_path / "work",
-                             progress=False)
+                             progress=False, evaluate=True)
     assert (tmp_path / "edited.mp4").stat().st_size > 0 and {"tl_id", "tg_id"} <= set(metrics["edit"])

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.core.tables import read_table
 from pipeline.editing.editing import AttributeClassifier, l2norm
 from pipeline.runs.artifacts import ALPHA_FILE, EDIT_INFO_FILE, EDITED_FILE, INVERT_TABLE_FILE, read_features
-from pipeline.core.tables import read_table
 from stages.cli import main
 from tests.conftest import REPO_ROOT
 from tests.reference_fixture import formula_state, write_lightning_checkpoint

@@ -150,3 +150,42 @@ def test_features_rows(sample_run):
     for index in np.flatnonzero(valid):
         np.testing.assert_allclose(stored[index], landmark_feature(crop_landmarks[index], CROP_SIZE), atol=1e-6)
     assert stored[valid].min() > 0 and stored[valid].max() < 1
+
+
+def test_extract_stores_a_byte_copy_read_back_the_same_every_time(sample_extract, sample_clip):
+    from pipeline.runs.artifacts import FRAME_TABLE_FILE, FRAMES_FILE
+    from pipeline.video.video_io import frame_table_path, iter_frames, read_lossless_frames
+
+    # The readers find the table from the frames file's name.
+    assert frame_table_path(sample_extract / FRAMES_FILE) == sample_extract / FRAME_TABLE_FILE
+    assert sha256_file(sample_extract / FRAMES_FILE) == sha256_file(sample_clip)
+    store = footer_metadata(sample_extract / FRAME_TABLE_FILE)["frame_store"]
+    assert store["sha256"] == sha256_file(sample_clip) and store["demuxer"].startswith("mov")
+    first = list(read_lossless_frames(sample_extract / FRAMES_FILE))
+    second = list(read_lossless_frames(sample_extract / FRAMES_FILE, start=3, stop=7))
+    source = [frame.rgb for frame in iter_frames(sample_clip, max_frames=SAMPLE_FRAMES)]
+    assert len(first) == len(source) == SAMPLE_FRAMES and len(second) == 4
+    for index, (stored, decoded) in enumerate(zip(first, source)):
+        np.testing.assert_array_equal(stored, decoded)
+        if 3 <= index < 7:
+            np.testing.assert_array_equal(second[index - 3], stored)
+
+
+def test_stored_frames_refuse_a_changed_copy_or_another_ffmpeg(sample_extract, tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.core.errors import InputError
+    from pipeline.runs.artifacts import FRAMES_FILE
+    from pipeline.video import video_io
+
+    copy = tmp_path / "extract"
+    shutil.copytree(sample_extract, copy)
+    with pytest.raises(InputError, match="another|stored under"):
+        monkeypatch.setattr(video_io, "decoder_versions", lambda: "PyAV 0.0, libavcodec 0.0.0")
+        next(video_io.read_lossless_frames(copy / FRAMES_FILE))
+    monkeypatch.undo()
+    data = bytearray((copy / FRAMES_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / FRAMES_FILE).write_bytes(bytes(data))
+    with pytest.raises(InputError, match="changed since it was extracted"):
+        next(video_io.read_lossless_frames(copy / FRAMES_FILE))

@@ -144,6 +144,17 @@ def test_a_comment_in_the_unet_changes_the_invert_key_and_what_follows(code_copy
     assert after.edits["anon"] != before.edits["anon"] and after.renders["anon"] != before.renders["anon"]
 
 
+def test_an_edit_to_be_evaluated_is_stored_apart_from_one_without_its_baseline():
+    """Evaluate reads the per-frame baseline from the edit's folder: an edit stored without it must never be
+    handed to evaluate, so the baseline is part of the edit's key (and of what follows it); invert is shared."""
+    params = parse_params(MICRO_PARAMS | {"edits": {"anon": {"kind": "reference", "away": True}}})
+    plain, evaluated = (stage_keys("video-sha", "checkpoint-sha", params, dict(params.edits), evaluate=evaluate)
+                        for evaluate in (False, True))
+    assert plain.invert == evaluated.invert
+    assert all(getattr(plain, stage)["anon"] != getattr(evaluated, stage)["anon"]
+               for stage in ("edits", "renders", "evaluations"))
+
+
 def test_a_misspelt_module_has_no_fingerprint():
     with pytest.raises(ValueError, match="stages.invrt: no such project module"):
         code_deps.code_fingerprint("stages.invrt")
@@ -197,7 +208,8 @@ def test_two_dva_edit_runs_at_once_compute_each_step_once(micro_model, sample_cl
     env = os.environ | {"PYTHONPATH": str(hook), "DVA_BUILD_LOG": str(log)}
     processes = [subprocess.Popen(
         [dva_executable, "edit", str(sample_clip), "--checkpoint", str(micro_model.checkpoint), "--edit", EDIT,
-         "--out", str(tmp_path / f"out{run}.mp4"), "--work", str(work), "--params", str(params_file), "--quiet"],
+         "--out", str(tmp_path / f"out{run}.mp4"), "--work", str(work), "--params", str(params_file), "--evaluate",
+         "--quiet"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for run in range(2)]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
@@ -222,7 +234,8 @@ def test_dva_edit_recomputes_the_inversion_after_a_comment_in_the_unet(micro_mod
     work = tmp_path / "work"
 
     def edit() -> dict[str, set[str]]:
-        edit_one_video(sample_clip, micro_model.checkpoint, EDIT, tmp_path / "out.mp4", params, work, progress=False)
+        edit_one_video(sample_clip, micro_model.checkpoint, EDIT, tmp_path / "out.mp4", params, work, progress=False,
+                       evaluate=True)
         return {stage: {path.name for path in (work / stage).iterdir()} for stage in STAGES}
 
     monkeypatch.setattr(code_deps, "REPO_ROOT", code_copy)

@@ -1,10 +1,11 @@
 """Edit every video of a folder or manifest in one Prefect flow run (no server needed).
 
-Each video goes through extract, align, encode, invert, the edits, render and evaluate, calling
-the same stage functions as `dvc repro`. Outputs are cached by content under OUT/work, so running
-the same command again does no stage work and a new video in the folder processes only that
+Each video goes through extract, align, encode, invert, the edits, render and (`--evaluate`) evaluate,
+calling the same stage functions as `dvc repro`. Outputs are cached by content under OUT/work, so
+running the same command again does no stage work and a new video in the folder processes only that
 video. Finished edits land in OUT/results/<video>/<edit>/, with OUT/summary.csv listing every edit
-(status, output, TL-ID, TG-ID). One bad video is reported failed; the others still finish.
+(status, output; TL-ID, TG-ID when evaluated) and OUT/report/index.html the review site of every
+published edit (`dva report`). One bad video is reported failed; the others still finish.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 
 from pipeline.core.errors import DvaError, InputError
 from pipeline.params import load_params
+from pipeline.report.site import write_site
 
 RUNNERS = ("threads", "dask")
 EPHEMERAL_STARTUP_SECONDS = 120
@@ -51,8 +53,11 @@ def check_batch_inputs(videos: Path, checkpoint: Path, edits: list[str], params_
 
 def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, params_file: Path, runner: str = "threads",
               address: str | None = None, workers: int = 2, retries: int = 2, retry_delay: float = 10.0,
-              gpu_slots: int | None = None, quiet: bool = False) -> list:
-    """Run the batch flow once (ephemeral Prefect server unless PREFECT_API_URL is set); returns its rows."""
+              gpu_slots: int | None = None, quiet: bool = False, evaluate: bool = False) -> list:
+    """Run the batch flow once (ephemeral Prefect server unless PREFECT_API_URL is set); returns its rows.
+
+    `evaluate` also decodes each edit's per-frame baseline and scores the edit.
+    """
     check_batch_inputs(videos, checkpoint, edits, params_file)
     from prefect.settings import (
         PREFECT_LOGGING_LEVEL,
@@ -76,6 +81,7 @@ def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, param
             return batch_flow.with_options(task_runner=task_runner)(
                 videos=str(videos), edits=edits, checkpoint=str(checkpoint), out_root=str(out),
                 params_file=str(params_file), retries=retries, retry_delay_seconds=retry_delay, gpu_slots=gpu_slots,
+                evaluate=evaluate,
             )
         except RuntimeError as exc:
             if "Prefect API" not in str(exc):
@@ -97,6 +103,19 @@ def print_summary(rows: list) -> None:
     Console(stderr=False).print(table)
 
 
+def quiet_logging() -> None:
+    """Leave the terminal to the summary: no Prefect or Dask log lines, here or in the Dask workers.
+
+    Set in the environment before Prefect or Dask is imported (both configure their logging on import)
+    and inherited by local Dask workers. Prefect still sends every log, task failures included, to its API
+    (the UI); failures reach the terminal through the summary, which names the video rather than the work
+    folder the step ran in.
+    """
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "error"
+
+
 def cli(
     videos: Path = typer.Argument(..., help="Folder of videos, or a manifest (.txt/.csv/.yaml) of paths."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Model file from `dva train`."),
@@ -111,14 +130,17 @@ def cli(
     retry_delay: float = typer.Option(10.0, min=0, help="Seconds before the first retry."),
     gpu_slots: int = typer.Option(None, min=1, help="Size of the `gpu` concurrency limit when it is created "
                                                     "(default: the number of visible GPUs, at least 1)."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Also score every edit (TL-ID, TG-ID, identity, "
+                                  "landmarks): decodes each edit's per-frame baseline, a second decode of every frame."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
     if quiet:
-        # Prefect configures its loggers when first imported, before run_batch's settings apply.
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        quiet_logging()
     rows = run_batch(videos, checkpoint, edit, out, params, runner, address, workers, retries, retry_delay,
-                     gpu_slots, quiet)
+                     gpu_slots, quiet, evaluate)
     print_summary(rows)
+    if any(row.status != "failed" for row in rows):
+        write_site(out, out / "report", progress=not quiet)
     failed = [row for row in rows if row.status == "failed"]
     if failed:
         videos_failed = sorted({row.video for row in failed})

@@ -221,10 +221,11 @@ def driver_task(video: str, keys: StageKeys, key: str, out_root: str, params: Pa
 @task(name="edit", **TASK_OPTIONS)
 def edit_task(edit_keys: dict[str, str], checkpoint: str, extract: Artifact, align: Artifact, encode: Artifact,
               invert: Artifact, drivers: dict[str, tuple[str, Artifact, Artifact]], key: str, out_root: str,
-              params: Params) -> dict[str, Artifact]:
+              params: Params, baseline: bool = False) -> dict[str, Artifact]:
     """All edits of one video: those not already stored are decoded together in one batched pass.
 
-    `drivers` maps motion edits to (driving video, its extract output, its encode output).
+    `drivers` maps motion edits to (driving video, its extract output, its encode output). `baseline`: also
+    decode the per-frame baseline evaluate needs (a second decode of every frame; `edit_keys` say which).
     """
     from pipeline.editing.driving import DriverArtifacts, MotionInputs
     from stages.edit import edit_videos
@@ -236,7 +237,7 @@ def edit_task(edit_keys: dict[str, str], checkpoint: str, extract: Artifact, ali
                 name: DriverArtifacts(Path(video), Path(driver_extract.path), Path(driver_encode.path))
                 for name, (video, driver_extract, driver_encode) in drivers.items()})
             edit_videos(missing, settings, Path(checkpoint), Path(align.path), Path(encode.path),
-                        Path(invert.path), baseline=True, progress=False, run_id=_run_id(), motion=motion)
+                        Path(invert.path), baseline=baseline, progress=False, run_id=_run_id(), motion=motion)
 
     folders = work_store(out_root).build_all("edit", edit_keys, build)
     return {name: _artifact("edit", folder) for name, folder in folders.items()}
@@ -264,10 +265,16 @@ def evaluate_task(align: Artifact, encode: Artifact, invert: Artifact, edits: di
         params.encode, progress=False, run_id=_run_id(), align=params.align))
 
 
-def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate: Artifact, run_id: str) -> Path:
-    """Hard-link the finished edit into `OUT/results/<video>/<edit>/` (copied across file systems)."""
+def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate: Artifact | None,
+            run_id: str) -> Path:
+    """Hard-link the finished edit into `OUT/results/<video>/<edit>/` (copied across file systems).
+
+    `metrics.json` is published when the edit was evaluated (`evaluate`).
+    """
     final = Path(out_root) / "results" / video_id / edit
-    sources = [Path(render.path) / name for name in PUBLISHED_FILES] + [Path(evaluate.path) / "metrics.json"]
+    sources = [Path(render.path) / name for name in PUBLISHED_FILES]
+    if evaluate is not None:
+        sources.append(Path(evaluate.path) / "metrics.json")
     # Runs sharing the output folder publish the same edit one at a time (the rename is two steps).
     with work_store(out_root).lock("publish", f"{video_id}-{edit}"), atomic_output_dir(final) as work:
         for source in sources:
@@ -366,11 +373,14 @@ def batch_flow(
     retries: int = 2,
     retry_delay_seconds: float = 10.0,
     gpu_slots: int | None = None,
+    evaluate: bool = False,
 ) -> list[SummaryRow]:
-    """Extract, align, encode, invert, edit, render and evaluate every video; one bad video fails alone.
+    """Extract, align, encode, invert, edit and render every video; one bad video fails alone.
 
     `videos` is a folder or a manifest, read again on every run, so a scheduled run picks up new
-    videos. Stage outputs are cached by content under `out_root/work`.
+    videos. Stage outputs are cached by content under `out_root/work`. `evaluate` also decodes each
+    edit's per-frame baseline and scores the edit (TL-ID / TG-ID in the summary); without it every
+    frame is decoded once per edit.
     """
     out = Path(out_root)
     if not Path(checkpoint).is_file():
@@ -382,7 +392,7 @@ def batch_flow(
     params = params.model_copy(update={"edits": specs})
     sources = discover_videos(Path(videos))
     ensure_gpu_limit(gpu_slots)
-    rows = _run_videos(sources, specs, checkpoint, out, params, retries, retry_delay_seconds)
+    rows = _run_videos(sources, specs, checkpoint, out, params, retries, retry_delay_seconds, evaluate)
     write_summary(out, rows)
     done = sum(row.status != "failed" for row in rows)
     create_table_artifact(key=SUMMARY_ARTIFACT, table=[asdict(row) for row in rows],
@@ -414,7 +424,7 @@ def _prepare_drivers(sources: list[VideoSource], specs: dict[str, EditKind], che
 
 
 def _run_videos(sources: list[VideoSource], specs: dict[str, EditKind], checkpoint: str, out: Path, params: Params,
-                retries: int, retry_delay_seconds: float) -> list[SummaryRow]:
+                retries: int, retry_delay_seconds: float, evaluate: bool) -> list[SummaryRow]:
     import json
 
     logger = get_run_logger()
@@ -436,19 +446,20 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditKind], checkpoi
         except OSError as exc:
             planned.append((source, {}, f"extract: {source.path}: cannot read ({exc.strerror})"))
             continue
-        keys = stage_keys(video_sha256, checkpoint_sha256, params, specs, driver_keys)
+        keys = stage_keys(video_sha256, checkpoint_sha256, params, specs, driver_keys, evaluate=evaluate)
         extract = extract_run.submit(source.path, keys.extract, out_root, params)
         align = align_run.submit(extract, keys.align, out_root, params)
         encode = encode_run.submit(align, keys.encode, out_root, params)
         invert = invert_run.submit(checkpoint, align, encode, keys.invert, out_root, params)
         edits = edit_run.submit(keys.edits, checkpoint, extract, align, encode, invert, drivers,
-                                content_key("edits", sorted(keys.edits.items())), out_root, params)
+                                content_key("edits", sorted(keys.edits.items())), out_root, params, evaluate)
         per_edit = {}
         for name in specs:
             render = render_run.submit(extract, align, invert, edits, name, keys.renders[name], out_root, params)
-            evaluate = evaluate_run.submit(align, encode, invert, edits, name, render, keys.evaluations[name],
-                                           out_root, params)
-            per_edit[name] = [extract, align, encode, invert, edits, render, evaluate]
+            per_edit[name] = [extract, align, encode, invert, edits, render]
+            if evaluate:
+                per_edit[name].append(evaluate_run.submit(align, encode, invert, edits, name, render,
+                                                          keys.evaluations[name], out_root, params))
         planned.append((source, per_edit, None))
 
     rows = []
@@ -469,12 +480,12 @@ def _run_videos(sources: list[VideoSource], specs: dict[str, EditKind], checkpoi
                 continue
             artifacts = [future.result() for future in futures]
             artifacts[4] = artifacts[4][name]
-            render, evaluate = artifacts[-2], artifacts[-1]
-            published = publish(out, source.video_id, name, render, evaluate, run_id)
-            metrics = json.loads((Path(evaluate.path) / "metrics.json").read_text())
+            render, scored = artifacts[5], (artifacts[6] if evaluate else None)
+            published = publish(out, source.video_id, name, render, scored, run_id)
+            scores = (json.loads((Path(scored.path) / "metrics.json").read_text())["edit"] if scored
+                      else {"tl_id": None, "tg_id": None})
             # Cached: every stage output of this edit was built by an earlier run (or another one).
             cached = not any(artifact.built_by.startswith(run_id + "/") for artifact in artifacts)
             rows.append(SummaryRow(source.video_id, name, "cached" if cached else "completed",
-                                   str(published / "edited.mp4"), metrics["edit"]["tl_id"], metrics["edit"]["tg_id"],
-                                   ""))
+                                   str(published / "edited.mp4"), scores["tl_id"], scores["tg_id"], ""))
     return rows

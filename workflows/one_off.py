@@ -14,23 +14,33 @@ from enum import Enum
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import typer
 import yaml
 
 from pipeline.core.atomic import atomic_output_file
+from pipeline.core.config import ONE_OFF
 from pipeline.core.conventions import Conventions
 from pipeline.core.errors import DvaError, InputError, ParamsError
-from pipeline.core.hashing import sha256_file
+from pipeline.core.hashing import content_key, sha256_file
 from pipeline.editing.driving import MotionInputs, driver_video
 from pipeline.editing.kinds import EditKind, parse_edit
-from pipeline.params import Params, for_checkpoint, load_params
-from pipeline.runs.artifacts import VIDEO_FILE
-from pipeline.runs.store import stage_keys
-from pipeline.runs.work_store import WorkStore
+from pipeline.faces.tracking import NO_FACE
+from pipeline.params import Params, for_checkpoint, load_params, packaged_defaults_file
+from pipeline.runs.artifacts import (
+    VIDEO_FILE,
+    open_crops,
+    read_edit,
+    read_features,
+    read_frame_times,
+    read_reconstruction,
+)
+from pipeline.runs.store import StageKeys, stage_keys
+from pipeline.runs.work_store import WorkStore, is_complete
 from stages.edit import edit_video
 from stages.evaluate import evaluate_edit
 from stages.invert import invert_video
-from stages.render import render_video
+from stages.render import render_video, sheet_columns, write_contact_sheet
 from workflows.drivers import prepare_driver, prepare_video
 
 ConventionsChoice = Enum("ConventionsChoice", {name: name for name in get_args(Conventions)}, type=str)
@@ -52,22 +62,25 @@ def parse_edit_spec(text: str, params: Params) -> tuple[str, EditKind]:
             raise ParamsError(f"--edit: not valid JSON ({exc.msg})") from None
     else:
         raise ParamsError(f"--edit {text!r}: not an edit under `edits` in the params, a spec file or inline JSON")
-    return name, parse_edit(raw, "--edit")
+    return name, parse_edit(raw, "--edit", ONE_OFF)
 
 
 def edit_one_video(
     video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True,
-    conventions: Conventions | None = None,
-) -> dict:
-    """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side, sheet and metrics beside it.
+    conventions: Conventions | None = None, evaluate: bool = False, preview: tuple[float, float] | None = None,
+) -> dict | None:
+    """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side and sheet beside it.
 
     Intermediates go to the work store at `work` (`<work>/<stage>/<key>/`). `conventions` replaces the
-    params'; `auto` follows the checkpoint (`pipeline/core/conventions.py`).
+    params'; `auto` follows the checkpoint (`pipeline/core/conventions.py`). `evaluate` also decodes the
+    per-frame baseline, scores the edit and writes `OUT_metrics.json`; returns the metrics (else None).
+    `preview` (start, end seconds) edits only a few frames in that time range and writes `OUT_preview.png`
+    instead (:func:`preview_sheet`); returns where and which frames.
     """
     video, out = Path(video), Path(out)
     if not Path(checkpoint).is_file():
         raise InputError(checkpoint, "checkpoint not found")
-    params = for_checkpoint(params, Path(checkpoint), conventions)
+    params = for_checkpoint(params, Path(checkpoint), conventions, context=ONE_OFF)
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
     video_sha256 = sha256_file(video)
@@ -79,26 +92,104 @@ def edit_one_video(
         drivers[name] = prepare_driver(driver_video(spec.driven_by(), params.video_files()), params, store, progress)
     extract_dir, align_dir, encode_dir = prepare_video(video, params, store, progress)
     keys = stage_keys(video_sha256, sha256_file(Path(checkpoint)), params, {name: spec},
-                      {edit: driver.encode.name for edit, driver in drivers.items()})
-    invert_dir = store.build_once("invert", keys.invert, lambda d: invert_video(
-        checkpoint, align_dir, encode_dir, d, params.invert, progress))
+                      {edit: driver.encode.name for edit, driver in drivers.items()}, evaluate=evaluate)
+    # A preview's inverted frames, by frame: the whole inversion reads them instead of inverting them again.
+    frame_cache = store.folder("invert-frames", keys.invert)
+    if preview is not None:
+        return preview_sheet(name, params, checkpoint, store, keys, (extract_dir, align_dir, encode_dir),
+                             MotionInputs(extract_dir, drivers), preview, Path(f"{out.with_suffix('')}_preview.png"),
+                             progress)
+
+    def invert_all(folder: Path) -> None:
+        invert_video(checkpoint, align_dir, encode_dir, folder, params.invert, progress, frame_cache=frame_cache)
+        shutil.rmtree(frame_cache, ignore_errors=True)  # superseded by the whole inversion (same lock held)
+
+    invert_dir = store.build_once("invert", keys.invert, invert_all)
     edit_dir = store.build_once("edit", keys.edits[name], lambda d: edit_video(
-        name, params, checkpoint, align_dir, encode_dir, invert_dir, d, baseline=True, progress=progress,
+        name, params, checkpoint, align_dir, encode_dir, invert_dir, d, baseline=evaluate, progress=progress,
         motion=MotionInputs(extract_dir, drivers)))
     render_dir = store.build_once("render", keys.renders[name], lambda d: render_video(
         extract_dir, align_dir, invert_dir, edit_dir, d, params.render, progress))
-    evaluate_dir = store.build_once("evaluate", keys.evaluations[name], lambda d: evaluate_edit(
-        align_dir, encode_dir, invert_dir, edit_dir, render_dir, d, params.encode, progress, align=params.align))
     stem = out.with_suffix("")
     published = ((render_dir / VIDEO_FILE, out), (render_dir / "side_by_side.mp4", Path(f"{stem}_side_by_side.mp4")),
                  (render_dir / "contact_sheet.png", Path(f"{stem}_contact_sheet.png")))
     for produced, destination in published:
         with atomic_output_file(destination) as temporary:
             shutil.copyfile(produced, temporary)
+    if not evaluate:
+        return None
+    evaluate_dir = store.build_once("evaluate", keys.evaluations[name], lambda d: evaluate_edit(
+        align_dir, encode_dir, invert_dir, edit_dir, render_dir, d, params.encode, progress, align=params.align))
     metrics = json.loads((evaluate_dir / "metrics.json").read_text())
     with atomic_output_file(Path(f"{stem}_metrics.json")) as temporary:
         temporary.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def preview_window(status: list[str], times: np.ndarray, seconds: tuple[float, float], count: int) -> np.ndarray:
+    """Up to `count` face frames spread evenly over the frames shown from `seconds[0]` to before `seconds[1]`."""
+    start, end = seconds
+    shown = [state if start <= time < end else NO_FACE for state, time in zip(status, times)]
+    return np.array(sheet_columns(shown, count), dtype=np.int64)
+
+
+def preview_sheet(name: str, params: Params, checkpoint: Path, store: WorkStore, keys: StageKeys,
+                  prepared: tuple[Path, Path, Path], motion: MotionInputs, seconds: tuple[float, float],
+                  sheet: Path, progress: bool = True) -> dict:
+    """Invert and edit only a window of frames (`render.contact_sheet_columns` face frames spread over
+    `seconds`) and write their contact sheet (source / reconstruction / edit rows) to `sheet`.
+
+    The window's inverted frames go to the work store's per-frame cache of the video's inversion key (the
+    whole inversion, when it already exists, is read instead): the full edit afterwards inverts only the
+    frames the preview did not, and its inversion is the same as without a preview.
+    """
+    extract_dir, align_dir, encode_dir = prepared
+    window = preview_window(read_features(encode_dir).status, read_frame_times(extract_dir)[1], seconds,
+                            params.render.contact_sheet_columns)
+    if len(window) == 0:
+        raise InputError(extract_dir.parent.parent, f"no face frames between {seconds[0]} s and {seconds[1]} s")
+    with store.lock("invert", keys.invert):  # the lock the whole inversion is built under
+        invert_dir = store.folder("invert", keys.invert)
+        if not is_complete(invert_dir):
+            invert_dir = store.build_once("invert-window", content_key(keys.invert, window.tolist()),
+                                          lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert,
+                                                                 progress, window=window,
+                                                                 frame_cache=store.folder("invert-frames", keys.invert)))
+    edit_dir = store.build_once("edit-window", content_key(keys.edits[name], window.tolist()), lambda d: edit_video(
+        name, params, checkpoint, align_dir, encode_dir, invert_dir, d, baseline=False, progress=progress,
+        motion=motion, window=window))
+    with atomic_output_file(sheet) as temporary:
+        write_contact_sheet(temporary, open_crops(align_dir).crops, read_reconstruction(invert_dir),
+                            read_edit(edit_dir).edited, window.tolist())
+    return {"preview": str(sheet), "frames": window.tolist()}
+
+
+def parse_frames(text: str) -> tuple[float, float]:
+    """`START:END` in seconds (either may be empty: the clip's start or end)."""
+    start, colon, end = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        window = (float(start) if start else 0.0, float(end) if end else float("inf"))
+    except ValueError:
+        raise ParamsError(f"--frames {text!r}: expected START:END in seconds, e.g. 1.5:3") from None
+    if not window[0] < window[1]:
+        raise ParamsError(f"--frames {text!r}: START must be before END")
+    return window
+
+
+def one_off_params(path: Path | None) -> Params:
+    """The params of a one-off run: `path` (which must exist), else ./params.yaml, else the packaged defaults.
+
+    Outside a project folder there is no params.yaml: the run goes on with the defaults and says so in
+    one line (on stderr: stdout stays the result's). Weights files may be named by absolute path.
+    """
+    if path is None:
+        path = Path("params.yaml")
+        if not path.is_file():
+            typer.echo("no params.yaml here: using the packaged defaults", err=True)
+            path = packaged_defaults_file()
+    return load_params(path, ONE_OFF)
 
 
 def cli(
@@ -107,18 +198,31 @@ def cli(
     edit: str = typer.Option(..., "--edit", help="Edit name from params, a spec .yaml/.json file, or inline JSON."),
     out: Path = typer.Option(..., "--out", help="Edited video (.mp4); side-by-side, sheet and metrics go beside it."),
     work: Path = typer.Option(Path(".dva-work"), help="Work store for intermediates (reused across edits and runs)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
+    params: Path = typer.Option(None, "--params", help="Parameters file (must exist); default: ./params.yaml, or "
+                                "the packaged defaults where there is none. Weights paths may be absolute here."),
     conventions: ConventionsChoice = typer.Option(
         None, "--conventions", case_sensitive=False, help="Whose pipeline every step follows (overrides `conventions:` in the params): `reference` does what "
              "the paper's editing scripts do (DDIM over the reference's timesteps, the raw mean identity, hard "
              "masks, whole-crop paste-back, its alignment), `project` this project's choices (exact BDIA "
              "inversion, union blend mask); `auto` (the params' default) follows the checkpoint: `reference` "
              "for a model from `dva import-reference`. Settings the params file sets explicitly still win."),
+    preview: bool = typer.Option(False, "--preview", help="Edit only a few frames spread over the clip "
+                                 "(render.contact_sheet_columns) and write OUT_preview.png (source / reconstruction / "
+                                 "edit rows); the full edit afterwards reuses their inversion."),
+    frames: str = typer.Option(None, "--frames", help="A preview of frames from START to END seconds (START:END)."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Also score the edit (TL-ID, TG-ID, identity, landmarks; "
+                                  "OUT_metrics.json): decodes the per-frame baseline, a second decode of every frame."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     if out.suffix.lower() != ".mp4":
         raise DvaError(f"{out}: the output must be an .mp4 file")
-    metrics = edit_one_video(video, checkpoint, edit, out, load_params(params), work, progress=not quiet,
-                             conventions=conventions.value if conventions else None)
-    if not quiet:
-        typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}")
+    window = parse_frames(frames) if frames is not None else (0.0, float("inf")) if preview else None
+    metrics = edit_one_video(video, checkpoint, edit, out, one_off_params(params), work, progress=not quiet,
+                             conventions=conventions.value if conventions else None, evaluate=evaluate,
+                             preview=window)
+    if window is not None:
+        if not quiet:
+            typer.echo(f"{metrics['preview']}: frames {', '.join(map(str, metrics['frames']))}")
+    elif not quiet:
+        typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}" if metrics
+                   else f"{out}: done")

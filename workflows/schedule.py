@@ -15,7 +15,7 @@ from pipeline.core.errors import DvaError
 
 
 def serve_schedule(videos: Path, checkpoint: Path, edits: list[str], out: Path, params_file: Path, cron: str,
-                   name: str, retries: int, retry_delay: float) -> None:
+                   name: str, retries: int, retry_delay: float, evaluate: bool = False) -> None:
     """Register the deployment `dva-batch/<name>` with a cron schedule and run its flow runs here."""
     from prefect.settings import PREFECT_API_URL
 
@@ -37,7 +37,7 @@ def serve_schedule(videos: Path, checkpoint: Path, edits: list[str], out: Path, 
         schedules=[schedule],
         parameters={"videos": str(videos.resolve()), "edits": edits, "checkpoint": str(checkpoint.resolve()),
                     "out_root": str(out.resolve()), "params_file": str(params_file.resolve()),
-                    "retries": retries, "retry_delay_seconds": retry_delay},
+                    "retries": retries, "retry_delay_seconds": retry_delay, "evaluate": evaluate},
     )
 
 
@@ -51,5 +51,6 @@ def cli(
     name: str = typer.Option("scheduled", help="Deployment name (shown as dva-batch/NAME)."),
     retries: int = typer.Option(2, min=0, help="Retries of a task after an unexpected error."),
     retry_delay: float = typer.Option(10.0, min=0, help="Seconds before the first retry."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Also score every edit (decodes its per-frame baseline)."),
 ) -> None:
-    serve_schedule(videos, checkpoint, edit, out, params, cron, name, retries, retry_delay)
+    serve_schedule(videos, checkpoint, edit, out, params, cron, name, retries, retry_delay, evaluate)

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from pipeline.core.conventions import apply_conventions
 from pipeline.core.errors import ParamsError
@@ -24,9 +24,14 @@ VIDEO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Every top-level key of params.yaml. A view validates only its own sections, but a key that no
 # section has is a typo wherever it is read.
 TOP_LEVEL_KEYS = ("conventions", "videos", "drivers", "extract", "align", "encode", "model", "train", "invert",
-                  "fit_classifiers", "edit", "edits", "render")
+                  "fit_classifiers", "edit", "edits", "render", "evaluate")
 
 WEIGHT_ROOTS = ("models", "data")
+
+# Validation context of a one-off run (`dva edit`): weights files may then be named by absolute path (a
+# model in a download folder). DVC stages validate without it: their weights stay relative, inside the
+# project, so `dvc.yaml` can track them.
+ONE_OFF = {"absolute_weights": True}
 
 
 class Section(BaseModel):
@@ -63,8 +68,12 @@ def _data_path(value: str | None) -> str | None:
     return None if value is None else safe_relative_path(value)
 
 
-def _weights_path(value: str | None) -> str | None:
-    return None if value is None else safe_relative_path(value, WEIGHT_ROOTS)
+def _weights_path(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return None
+    if PurePosixPath(value).is_absolute() and (info.context or {}).get("absolute_weights"):
+        return value
+    return safe_relative_path(value, WEIGHT_ROOTS)
 
 
 DataPath = Annotated[str, AfterValidator(_data_path)]
@@ -82,21 +91,22 @@ def format_error(error: dict) -> str:
     return f"{key}: {message}"
 
 
-def parse_params(raw: object, schema: type[Schema], source: str = "params.yaml") -> Schema:
+def parse_params(raw: object, schema: type[Schema], source: str = "params.yaml",
+                 context: dict | None = None) -> Schema:
     """Validate an already-loaded params mapping against `schema`, its convention's defaults filled in
-    (`pipeline/core/conventions.py`); errors name the offending key."""
+    (`pipeline/core/conventions.py`); errors name the offending key. `context`: :data:`ONE_OFF` or None."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level")
     unknown = [key for key in raw if key not in TOP_LEVEL_KEYS]
     if unknown:
         raise ParamsError(f"{source}: {unknown[0]}: unknown key")
     try:
-        return schema.model_validate(apply_conventions(raw))
+        return schema.model_validate(apply_conventions(raw), context=context)
     except ValidationError as exc:
         raise ParamsError(f"{source}: {format_error(exc.errors()[0])}") from None
 
 
-def read_params(path: Path, schema: type[Schema]) -> Schema:
+def read_params(path: Path, schema: type[Schema], context: dict | None = None) -> Schema:
     """Read a params file and validate it against `schema` (the whole file or a stage's view)."""
     path = Path(path)
     if not path.is_file():
@@ -105,7 +115,7 @@ def read_params(path: Path, schema: type[Schema]) -> Schema:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_params(raw, schema, str(path))
+    return parse_params(raw, schema, str(path), context)
 
 
 def override_params(params: Schema, section: str, option: str, **values: object) -> Schema:

@@ -10,13 +10,13 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline.core.config import Section, safe_relative_path
-from pipeline.model.settings import InferenceSettings
+from pipeline.model.settings import BatchSize, InferenceSettings
 
 
 class EditParams(InferenceSettings):
     """Shared settings of the edit stage: batching, device and the blend of edited crops over the source."""
 
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: BatchSize = "auto"  # images decoded together, edits and baselines counted
     device: str = "auto"
     region_threshold: float = Field(default=0.08, gt=0, le=1)
     region_dilation: float = Field(default=0.12, ge=0, le=0.5)

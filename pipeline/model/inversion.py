@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from pipeline.core.device import channels_last, maybe_compile, precision_dtype, resolve_batch_size, use_channels_last
 from pipeline.faces.tracking import NO_FACE
 from pipeline.model.diffusion import DDIMScheduler
 from pipeline.model.samplers import NUM_TRAIN_TIMESTEPS, SAMPLERS, Sampler, TimestepSpacing, build_sampler
-from pipeline.model.settings import InferenceSettings
-from pipeline.model.unet import DiffusionVideoAutoencoder
+from pipeline.model.settings import BatchSize, InferenceSettings
+from pipeline.model.unet import DiffusionVideoAutoencoder, UNetConfig
 from pipeline.runs.artifacts import Features
 
 
@@ -34,7 +35,7 @@ class InvertParams(InferenceSettings):
     # the detected frames' codes (encode's video identity); raw_mean, the reference's avg_cond: the plain mean
     # over every face frame, not re-normalised.
     video_identity: Literal["normalised_mean", "raw_mean"] = "normalised_mean"
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: BatchSize = "auto"  # frames inverted together
     device: str = "auto"
 
     @model_validator(mode="after")
@@ -60,16 +61,60 @@ class InvertParams(InferenceSettings):
         return build_sampler(scheduler, self.sampler, self.steps, self.timestep_spacing, gamma)
 
 
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Bytes per activation element in the memory estimate: float32. Under bf16 autocast the convolutions'
+# outputs are 2 bytes but GroupNorm and the residual sums stay float32, so 4 keeps the estimate an upper bound.
+ACTIVATION_BYTES = 4
+# Maps of its output width alive at once inside the widest residual block besides its input (normalised
+# input, conv output, GroupNorm output, scale-shift temporaries, skip path: 4 by count, ResBlock.forward in
+# unet.py) and the convolution's scratch: 8 matches the resident memory measured per frame on the CPU, paper
+# preset, 445 MB against 477 MB estimated (`benchmarks/gpu_bench.py` measures it on each device).
+BLOCK_WORKING_TENSORS = 8
+
+
+def inference_bytes_per_frame(config: UNetConfig) -> int:
+    """Estimated peak activation memory of one frame in one UNet forward without autograd.
+
+    What is alive at the peak: every encoder output kept for the decoder's skip connections, plus the working
+    tensors of the widest decoder block (its input, the concatenation of h and a skip, and
+    :data:`BLOCK_WORKING_TENSORS` maps of its output width), plus the attention matrices at the attention
+    resolutions. Paper preset at 256 px: 36 M skip + 84 M working elements, about 477 MB per frame.
+    `benchmarks/gpu_bench.py` records the measured peak per frame beside this estimate on CUDA.
+    """
+    ch = config.channel_mults[0] * config.base_channels
+    size = config.resolution
+    skips = [(ch, size)]  # the input convolution's output
+    for index, mult in enumerate(config.channel_mults):
+        for _ in range(config.num_res_blocks):
+            ch = mult * config.base_channels
+            skips.append((ch, size))
+        if index < len(config.channel_mults) - 1:
+            size //= 2
+            skips.append((ch, size))
+    skip_elements = sum(c * s * s for c, s in skips)
+    working = 0
+    for index, mult in reversed(list(enumerate(config.channel_mults))):
+        for _ in range(config.num_res_blocks + 1):
+            skip_ch, skip_size = skips.pop()
+            out_ch = mult * config.base_channels
+            working = max(working, (ch + skip_ch + BLOCK_WORKING_TENSORS * out_ch) * skip_size**2)
+            ch = out_ch
+    attention = max((config.num_heads * (s * s) ** 2 for s in config.attention_resolutions), default=0)
+    return (skip_elements + working + attention) * ACTIVATION_BYTES
+
+
+def inference_batch_size(settings: InvertParams | InferenceSettings, model: DiffusionVideoAutoencoder) -> int:
+    """The batch size a stage runs with: `batch_size` as set, or for `auto` what fits the model's GPU
+    (:func:`inference_bytes_per_frame` per frame), the fixed CPU default on the CPU."""
+    device = next(model.parameters()).device
+    return resolve_batch_size(settings.batch_size, device, inference_bytes_per_frame(model.config))
 
 
 def prepare_model(model: DiffusionVideoAutoencoder, settings: InferenceSettings) -> DiffusionVideoAutoencoder:
-    """The model in the memory layout asked for, compiled when asked (the weights are shared)."""
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if settings.compile:
-        model.forward = torch.compile(model.forward, dynamic=False)
-    return model
+    """The model (already on its device) in the memory layout asked for, compiled when asked (the weights are
+    shared)."""
+    device = next(model.parameters()).device
+    model = channels_last(model, use_channels_last(settings.channels_last, device))
+    return maybe_compile(model, settings.compile)
 
 
 def denoiser(
@@ -77,11 +122,12 @@ def denoiser(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """eps(x_t, t) for a batch, under autocast when a lower precision is asked; always float32 out."""
     settings = settings or InferenceSettings()
-    dtype = DTYPES[settings.precision]
+    device = z_face.device
+    dtype = precision_dtype(settings.precision, device)
+    layout = use_channels_last(settings.channels_last, device)
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(x, layout)
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(x, t, z_face).float()
 

@@ -5,11 +5,12 @@ The `invert` section, whose sampler every edit decodes with, is :class:`pipeline
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from pipeline.core.config import Section, WeightsPath
+from pipeline.core.device import Precision
 
 
 class ModelParams(Section):
@@ -67,6 +68,13 @@ class TrainParams(Section):
     log_every: int = Field(default=50, ge=1)
     device: str = "auto"
     mixed_precision: bool = True
+    # Data-parallel worker processes (DDP); `auto`: min(2, physical cores) on the CPU, 1 on a GPU (one GPU
+    # per process needs torchrun). The global batch stays videos_per_batch x frames_per_video.
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    # Learning rate over the run: constant (the reference) or a cosine decay to 0 at `steps`;
+    # either way after a linear warm-up over `warmup_steps`.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
 
 
 def check_train_videos(train: TrainParams, videos: dict) -> None:
@@ -81,9 +89,17 @@ def training_videos(train: TrainParams, videos: dict) -> list[str]:
     return list(train.videos or videos)
 
 
-class InferenceSettings(Section):
-    """How the UNet runs at inference: precision, memory layout, compilation (all measured in benchmarks/)."""
+# A fixed batch, or `auto`: sized from the GPU's free memory (pipeline/core/device.resolve_batch_size).
+BatchSize = Annotated[int, Field(ge=1)] | Literal["auto"]
 
-    precision: Literal["float32", "bfloat16", "float16"] = "float32"
-    channels_last: bool = False
+
+class InferenceSettings(Section):
+    """How the UNet runs at inference: precision, memory layout, compilation (all measured in benchmarks/).
+
+    `auto` (pipeline/core/device.py): bf16 autocast and channels-last on CUDA, float32 and the default
+    layout on the CPU.
+    """
+
+    precision: Precision = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from torch import nn
 
-from pipeline.core.device import autocast_dtype
+from pipeline.core.device import autocast_dtype, channels_last, use_channels_last
+from pipeline.core.errors import ParamsError
 from pipeline.faces.alignment import flip_landmark_feature
 from pipeline.model import checkpoint
 from pipeline.model.diffusion import DDIMScheduler, SamplerSettings
@@ -65,6 +68,10 @@ class Batch:
         """Move every tensor to `device`."""
         return Batch(*(tensor.to(device, non_blocking=True) for tensor in dataclasses.astuple(self)))
 
+    def select(self, rows: slice) -> "Batch":
+        """The samples `rows` of every tensor."""
+        return Batch(*(tensor[rows] for tensor in dataclasses.astuple(self)))
+
 
 def sample_batch(
     clips: list[TrainingClip],
@@ -114,10 +121,47 @@ def training_landmarks(clips: list[TrainingClip]) -> torch.Tensor:
 
 
 def fingerprint(params: TrainParams, config: UNetConfig, data_hashes: dict[str, str]) -> str:
-    """What a resumable checkpoint must match: everything but the run length and logging cadence."""
-    relevant = params.model_dump(exclude={"steps", "checkpoint_every", "log_every", "device"})
+    """What a resumable checkpoint must match: everything but the run length, logging cadence and hardware.
+
+    The run length counts under a cosine schedule, whose learning rate at each step depends on it. The
+    number of processes does not: every process count trains the same global batch.
+    """
+    ignored = {"checkpoint_every", "log_every", "device", "processes"}
+    relevant = params.model_dump(exclude=ignored if params.lr_schedule == "cosine" else ignored | {"steps"})
     blob = json.dumps({"train": relevant, "model": dataclasses.asdict(config), "data": data_hashes}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def learning_rate(params: TrainParams, step: int) -> float:
+    """The learning rate of optimisation step `step` (0-based): linear warm-up, then constant or cosine to 0."""
+    factor = min(1.0, (step + 1) / params.warmup_steps) if params.warmup_steps else 1.0
+    if params.lr_schedule == "cosine":
+        progress = max(0, step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+        factor *= 0.5 * (1 + math.cos(math.pi * progress))
+    return params.lr * factor
+
+
+def resolve_processes(setting: int | str, device: torch.device, cores: int, global_batch: int) -> int:
+    """How many data-parallel processes `train.processes` means on `device` with `cores` CPU cores.
+
+    `auto`: two on a CPU with at least two cores (two one-thread processes train almost twice as fast as
+    one two-thread process, benchmarks/train_bench.py), one on a GPU (several GPUs: torchrun).
+    """
+    if setting == "auto":
+        return 1 if device.type == "cuda" else max(1, min(2, cores))
+    if setting > 1 and device.type == "cuda":
+        raise ParamsError(f"train.processes: {setting} processes on one GPU; use torchrun with one process per GPU")
+    if setting > global_batch:
+        raise ParamsError(f"train.processes: {setting} processes for a batch of {global_batch} frames "
+                          "(videos_per_batch x frames_per_video); each process needs at least one")
+    return int(setting)
+
+
+def batch_share(size: int, rank: int, world_size: int) -> slice:
+    """The rows of a global batch of `size` that process `rank` trains on: contiguous, sizes differ by at most 1."""
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 @dataclass
@@ -148,16 +192,21 @@ def train(
     """Train (or resume) the autoencoder; checkpoints to `state_path` every `checkpoint_every` steps.
 
     A checkpoint whose fingerprint differs (other data, params or architecture), or that went
-    past `params.steps`, is ignored and training starts afresh. `distributed` is (rank, world size) under torchrun: the model is
-    wrapped in DistributedDataParallel and each rank draws its own batches.
+    past `params.steps`, is ignored and training starts afresh.
+
+    `distributed` is (rank, world size) of an initialised process group: the model is wrapped in
+    DistributedDataParallel and every rank draws the same global batch (one generator, one seed) and
+    trains on its share of it, so any number of processes trains the same run (up to float summation
+    order) and a checkpoint resumes under any number. Rank 0 alone logs and checkpoints.
     """
     rank, world_size = distributed
     torch.manual_seed(params.seed)
-    generator = torch.Generator().manual_seed(params.seed + rank)
+    generator = torch.Generator().manual_seed(params.seed)
     model = DiffusionVideoAutoencoder(config, sampler)
     if params.standardise_landmarks:
         model.standardise_landmarks(training_landmarks(clips))
-    model = model.to(device)
+    # Channels-last convolutions on CUDA (tensor cores); the CPU keeps the default layout and its results.
+    model = channels_last(model.to(device), use_channels_last("auto", device))
     ema = EMA(model, params.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     scheduler = DDIMScheduler.from_settings(sampler)
@@ -169,6 +218,9 @@ def train(
         start, _, history = checkpoint.load_training_state(state_path, model, ema.shadow, optimizer, generator)
     network: nn.Module = model
     if world_size > 1:
+        # Dropout draws from the global RNG: each rank its own stream for its own samples, derived from the
+        # seed, the rank and the starting step so that a resumed run is reproducible too.
+        torch.manual_seed(int(np.random.SeedSequence([params.seed, rank, start]).generate_state(1)[0]))
         network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = autocast_dtype(device, params.mixed_precision)
     scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
@@ -179,11 +231,19 @@ def train(
     steps = range(start, params.steps)
     for step in progress(steps) if progress else steps:
         batch = sample_batch(clips, params.videos_per_batch, params.frames_per_video, generator,
-                             frame_identity=params.identity_code == "frame").to(device)
+                             frame_identity=params.identity_code == "frame")
         size = batch.images.shape[0]
-        t = torch.randint(scheduler.num_train_timesteps, (size,), generator=generator).to(device)
-        noise1 = torch.randn(batch.images.shape, generator=generator).to(device)
-        noise2 = torch.randn(batch.images.shape, generator=generator).to(device)
+        t = torch.randint(scheduler.num_train_timesteps, (size,), generator=generator)
+        noise1 = torch.randn(batch.images.shape, generator=generator)
+        noise2 = torch.randn(batch.images.shape, generator=generator)
+        rows = batch_share(size, rank, world_size)
+        batch = batch.select(rows).to(device)
+        t, noise1, noise2 = (tensor[rows].to(device) for tensor in (t, noise1, noise2))
+        # The loss is a mean over this rank's samples and DDP averages gradients over ranks: weighting by
+        # the share keeps the gradient the global batch's mean when shares differ in size (1 with one process).
+        weight = (rows.stop - rows.start) * world_size / size
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(params, step)
         model.train()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             z_face = model.face_code(batch.identity, batch.landmarks)
@@ -192,7 +252,7 @@ def train(
                 w_simple=params.w_simple, w_reg=params.w_reg,
             )
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms.total).backward()
+        scaler.scale(terms.total * weight).backward()
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         scaler.step(optimizer)
@@ -201,11 +261,16 @@ def train(
         ema.decay = min(params.ema_decay, (1 + step) / (10 + step))
         ema.update(model)
         done = step + 1
-        if rank == 0 and (done % params.log_every == 0 or done == params.steps):
-            record = {"loss": terms.total.item(), "l_simple": terms.simple.item(), "l_reg": terms.reg.item()}
-            history.append({"step": done} | record)
-            if log:
-                log(done, record)
+        if done % params.log_every == 0 or done == params.steps:
+            # The global batch's losses: each rank's share-weighted means, summed over ranks.
+            values = torch.stack([terms.total, terms.simple, terms.reg]).detach().float() * (weight / world_size)
+            if world_size > 1:
+                dist.all_reduce(values)
+            if rank == 0:
+                record = dict(zip(("loss", "l_simple", "l_reg"), values.tolist()))
+                history.append({"step": done} | record)
+                if log:
+                    log(done, record)
         if rank == 0 and (done % params.checkpoint_every == 0 or done == params.steps):
             checkpoint.save_training_state(state_path, model, ema.shadow, optimizer, generator, done, expected,
                                            history)

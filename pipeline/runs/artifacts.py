@@ -18,8 +18,8 @@ from pipeline.core.errors import InputError
 from pipeline.core.tables import column_matrix, read_table
 
 # extract (`dva extract`)
-FRAMES_FILE = "frames.mkv"
-FRAME_TABLE_FILE = "frames.parquet"
+FRAMES_FILE = "frames.video"  # a byte copy of the source video (`video_io.store_frames`)
+FRAME_TABLE_FILE = "frames.parquet"  # its frame table: FRAMES_FILE's name with `.parquet`
 META_FILE = "meta.json"
 AUDIO_FILE = "audio.mka"
 # align (`dva align`)

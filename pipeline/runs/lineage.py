@@ -134,7 +134,10 @@ def write_lineage(
 
     weight_records = {}
     for role, path in (weights or {}).items():
-        record = {"path": relative(path), "sha256": file_sha256(path)}
+        # A weights file named by absolute path (a one-off `dva edit`'s model in a download folder) lies
+        # outside the project: its path is recorded as given, its sha256 identifies it either way.
+        shown = str(path) if Path(path).is_absolute() else relative(path)
+        record = {"path": shown, "sha256": file_sha256(path)}
         training = _checkpoint_training_data(Path(path))
         if training is not None:
             record["training_data_sha256"] = training

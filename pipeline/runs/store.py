@@ -59,11 +59,16 @@ def invert_key(encode: str, checkpoint_sha256: str, params: Params) -> str:
     return content_key("invert", _code("invert"), encode, checkpoint_sha256, settings)
 
 
-def edit_key(invert: str, name: str, spec: EditKind, params: Params, driver: str | None = None) -> str:
-    """Key of one edit decoded from the inversion `invert`; `driver` is a motion edit's driver encode key."""
+def edit_key(invert: str, name: str, spec: EditKind, params: Params, driver: str | None = None,
+             baseline: bool = False) -> str:
+    """Key of one edit decoded from the inversion `invert`; `driver` is a motion edit's driver encode key.
+
+    `baseline`: the folder also holds the per-frame baseline that evaluate needs. It is part of the key, so
+    an edit stored without it is never handed to evaluate: asked with evaluation, the edit is built with it.
+    """
     files = spec.input_files() + list(spec.weight_files().values())
     return content_key("edit", _code("edit"), invert, name, spec, params.edit.model_dump(exclude={"device"}),
-                       *_file_hashes(files), *([driver] if driver else []))
+                       *_file_hashes(files), *([driver] if driver else []), {"baseline": baseline})
 
 
 def render_key(extract: str, edit: str, params: Params) -> str:
@@ -91,14 +96,18 @@ class StageKeys:
 
 
 def stage_keys(video_sha256: str, checkpoint_sha256: str, params: Params, edits: dict[str, EditKind],
-               drivers: dict[str, str] | None = None) -> StageKeys:
-    """Keys of every output for one video; `drivers` maps motion edits to their driver's encode key."""
+               drivers: dict[str, str] | None = None, evaluate: bool = False) -> StageKeys:
+    """Keys of every output for one video; `drivers` maps motion edits to their driver's encode key.
+
+    `evaluate`: the edits are to be evaluated, so their folders hold the per-frame baseline too.
+    """
     drivers = drivers or {}
     extract = extract_key(video_sha256, params)
     align = align_key(extract, params)
     encode = encode_key(align, params)
     invert = invert_key(encode, checkpoint_sha256, params)
-    edits_keys = {name: edit_key(invert, name, spec, params, drivers.get(name)) for name, spec in edits.items()}
+    edits_keys = {name: edit_key(invert, name, spec, params, drivers.get(name), baseline=evaluate)
+                  for name, spec in edits.items()}
     renders = {name: render_key(extract, key, params) for name, key in edits_keys.items()}
     evaluations = {name: evaluate_key(renders[name], params) for name in edits}
     return StageKeys(extract, align, encode, invert, edits_keys, renders, evaluations)

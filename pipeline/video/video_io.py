@@ -1,12 +1,21 @@
-"""Video reading and writing through PyAV: probing, streaming decode, lossless frame files.
+"""Video reading and writing through PyAV: probing, streaming decode, stored frames.
 
 Frames are handled as RGB uint8 arrays of shape (H, W, 3) in display orientation (container
 rotation applied). Decoding streams frame by frame, so memory does not grow with video length.
+
+Stored frames (`store_frames`, read back by `read_lossless_frames`) are a byte-for-byte copy of
+the source video next to its frame table, decoded again on every read instead of being re-encoded
+(re-encoding cost 5.7x a decode). Every read gets the same RGB frames: the bytes are the same
+(sha256 checked), the demuxer is the same (recorded), FFmpeg's decoders are bit-exact whatever the
+thread count or CPU, the RGB conversion runs in swscale's bit-exact mode, and FFmpeg itself is the
+same (its library versions are recorded; a read under other versions is an error, not a possible
+silent change of pixels). Each decoded frame's pts is checked against the table too.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -14,15 +23,19 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
+from av.video.reformatter import Interpolation
 
 from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.progress import progress_bar
+from pipeline.core.tables import read_table, write_table
 
-# FFV1 with a packed RGB layout is lossless for 8-bit RGB (yuv444p would round colours).
-LOSSLESS_CODEC = "ffv1"
-LOSSLESS_PIX_FMT = "bgr0"
 # No random segment ids, dates or version strings in written files: a rerun writes the same bytes.
 BITEXACT = {"fflags": "+bitexact"}
 MAX_PIXELS = 8192 * 8192
+# swscale's bit-exact mode: the same RGB on every CPU (its SIMD paths may otherwise round differently).
+RGB_FLAGS = Interpolation.BILINEAR | Interpolation.BITEXACT
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,7 @@ class DecodedFrame:
     rgb: np.ndarray
 
 
-def _open_input(path: Path) -> av.container.InputContainer:
+def _open_input(path: Path, demuxer: str | None = None) -> av.container.InputContainer:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -72,7 +85,7 @@ def _open_input(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty (0 bytes)")
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r", format=demuxer)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not a readable video ({_describe(exc)})") from None
 
@@ -104,6 +117,10 @@ def _apply_rotation(rgb: np.ndarray, rotation: int) -> np.ndarray:
     if rotation == 0:
         return rgb
     return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    return _apply_rotation(frame.to_ndarray(format="rgb24", interpolation=RGB_FLAGS), _rotation_of(frame))
 
 
 def probe(path: Path) -> VideoMeta:
@@ -143,14 +160,12 @@ def probe(path: Path) -> VideoMeta:
         )
 
 
-def iter_frames(path: Path, max_frames: int | None = None) -> Iterator[DecodedFrame]:
-    """Decode a video frame by frame in display orientation, with each frame's pts and time.
-
-    Raises `InputError` when decoding fails part-way or when fewer frames decode than the
-    container declares (a truncated file).
-    """
+def _decode(
+    path: Path, max_frames: int | None = None, demuxer: str | None = None
+) -> Iterator[tuple[int, int, float, av.VideoFrame]]:
+    """(index, pts, time in seconds, frame) of each decoded frame, errors as `InputError`s naming `path`."""
     path = Path(path)
-    with _open_input(path) as container:
+    with _open_input(path, demuxer) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         declared = int(stream.frames or 0)
@@ -170,8 +185,7 @@ def iter_frames(path: Path, max_frames: int | None = None) -> Iterator[DecodedFr
                 else:
                     pts = previous_pts + (getattr(frame, "duration", None) or period)
                 previous_pts = pts
-                rgb = _apply_rotation(frame.to_ndarray(format="rgb24"), _rotation_of(frame))
-                yield DecodedFrame(index=index, pts=int(pts), time=float(pts * time_base), rgb=rgb)
+                yield index, int(pts), float(pts * time_base), frame
                 index += 1
                 if max_frames is not None and index >= max_frames:
                     return
@@ -183,59 +197,114 @@ def iter_frames(path: Path, max_frames: int | None = None) -> Iterator[DecodedFr
             raise InputError(path, f"truncated or corrupt: decoded {index} of {declared} declared frames")
 
 
-class LosslessFrameWriter:
-    """Append RGB frames to a lossless FFV1/Matroska file (one file per video, streamed)."""
+def iter_frames(path: Path, max_frames: int | None = None) -> Iterator[DecodedFrame]:
+    """Decode a video frame by frame in display orientation, with each frame's pts and time.
 
-    def __init__(self, path: Path, width: int, height: int):
-        self._container = av.open(str(path), mode="w", format="matroska", options=BITEXACT)
-        # Four slices let the encoder use every core; Golomb-Rice coding is ~10% faster than the
-        # range coder at the same size on camera footage (benchmarks/extract_bench.py).
-        # Tiny frames (a few rows) cannot be cut into slices.
-        options = {"coder": "0", "context": "0"} | ({"slices": "4"} if min(width, height) >= 64 else {})
-        self._stream = self._container.add_stream(LOSSLESS_CODEC, rate=Fraction(25, 1), options=options)
-        self._stream.width = width
-        self._stream.height = height
-        self._stream.pix_fmt = LOSSLESS_PIX_FMT
-        self._stream.thread_type = "SLICE"
-        self.count = 0
+    Raises `InputError` when decoding fails part-way or when fewer frames decode than the
+    container declares (a truncated file).
+    """
+    for index, pts, time, frame in _decode(path, max_frames):
+        yield DecodedFrame(index=index, pts=pts, time=time, rgb=_to_rgb(frame))
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 frame."""
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self.count
-        frame.time_base = Fraction(1, 25)
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.count += 1
 
-    def close(self) -> None:
-        """Flush the encoder and close the file."""
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
+@dataclass(frozen=True)
+class StoredFrame:
+    """One row of a frame table: a stored frame's index and source timing."""
 
-    def __enter__(self) -> "LosslessFrameWriter":
-        return self
+    index: int
+    pts: int
+    time: float
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+
+def frame_table_path(frames_file: Path) -> Path:
+    """The frame table that belongs to a stored frames file: the same name with `.parquet`."""
+    return Path(frames_file).with_suffix(".parquet")
+
+
+def decoder_versions() -> str:
+    """PyAV's and FFmpeg's versions: what decodes a stored video and converts it to RGB."""
+    libraries = ("libavcodec", "libavformat", "libavutil", "libswscale")
+    versions = [f"{name} {'.'.join(map(str, av.library_versions[name]))}" for name in libraries]
+    return ", ".join([f"PyAV {av.__version__}", *versions])
+
+
+def store_frames(
+    source: Path,
+    frames_file: Path,
+    max_frames: int | None = None,
+    metadata: dict | None = None,
+    progress: bool = False,
+    total: int | None = None,
+) -> list[StoredFrame]:
+    """Store the first `max_frames` frames of `source` for `read_lossless_frames`, at decode speed.
+
+    Writes `frames_file`, a byte-for-byte copy of `source` (nothing is re-encoded, so nothing can
+    round), and its frame table (`frame_table_path`): index, pts (stream time base) and time
+    (seconds) of each frame, with `metadata`, the time base and under `frame_store` the demuxer,
+    the copy's sha256 and `decoder_versions()` in the footer. The copy is decoded (without RGB
+    conversion) through the demuxer the source opened with, exactly as every later read does.
+    """
+    source, frames_file = Path(source), Path(frames_file)
+    with _open_input(source) as container:
+        stream = _video_stream(container, source)
+        demuxer, time_base = container.format.name, str(stream.time_base)
+    shutil.copyfile(source, frames_file)
+    try:
+        decoded = progress_bar(_decode(frames_file, max_frames, demuxer), enabled=progress, total=total,
+                               desc=f"extract {source.name}")
+        frames = [StoredFrame(index, pts, time) for index, pts, time, _ in decoded]
+    except InputError as exc:
+        raise InputError(source, exc.problem) from None
+    store = {"demuxer": demuxer, "sha256": sha256_file(frames_file), "decoder": decoder_versions()}
+    write_table(
+        frame_table_path(frames_file),
+        {
+            "index": pa.array([frame.index for frame in frames], pa.int32()),
+            "pts": pa.array([frame.pts for frame in frames], pa.int64()),
+            "time": pa.array([frame.time for frame in frames], pa.float64()),
+        },
+        (metadata or {}) | {"time_base": time_base, "frame_store": store},
+    )
+    return frames
 
 
 def read_lossless_frames(path: Path, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Stream RGB frames [start, stop) of a file written by `LosslessFrameWriter`."""
+    """Stream RGB frames [start, stop) of a frames file written by `store_frames`: the same on every read.
+
+    A copy whose bytes changed, a different PyAV/FFmpeg than the one that stored it, a frame
+    decoding at another pts than its table row or a copy that ends early is an `InputError`.
+    """
     path = Path(path)
-    with _open_input(path) as container:
-        stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"
-        for index, frame in enumerate(container.decode(stream)):
-            if stop is not None and index >= stop:
-                return
-            if index >= start:
-                yield frame.to_ndarray(format="rgb24")
+    table_path = frame_table_path(path)
+    if not table_path.is_file():
+        raise InputError(table_path, f"not found: the frame table of {path.name} is missing")
+    table, metadata = read_table(table_path)
+    store = metadata.get("frame_store")
+    if store is None:
+        raise InputError(table_path, "written by an older `dva extract`: extract the video again")
+    if store["decoder"] != decoder_versions():
+        raise InputError(path, f"stored under {store['decoder']} but this environment has {decoder_versions()}; "
+                               "frames could decode differently: extract the video again")
+    if sha256_file(path) != store["sha256"]:
+        raise InputError(path, "changed since it was extracted (sha256 differs): extract the video again")
+    table_pts = table.column("pts").to_numpy()
+    end = len(table_pts) if stop is None else min(stop, len(table_pts))
+    if end <= start:
+        return
+    decoded = 0
+    for index, pts, _, frame in _decode(path, end, store["demuxer"]):
+        decoded = index + 1
+        if pts != table_pts[index]:
+            raise InputError(path, f"frame {index} decodes at pts {pts}, its table says {table_pts[index]}: "
+                                   "extract the video again")
+        if index >= start:
+            yield _to_rgb(frame)
+    if decoded < end:
+        raise InputError(path, f"truncated: decoded {decoded} of the {end} frames its table lists")
 
 
 def read_frame_batches(path: Path, batch_size: int) -> Iterator[np.ndarray]:
-    """Stream a lossless frames file as (B, H, W, 3) batches of at most `batch_size` frames."""
+    """Stream a stored frames file as (B, H, W, 3) batches of at most `batch_size` frames."""
     batch: list[np.ndarray] = []
     for rgb in read_lossless_frames(path):
         batch.append(rgb)

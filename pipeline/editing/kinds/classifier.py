@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pipeline.core.config import DataPath
+from pipeline.core.config import WeightsPath
 from pipeline.core.errors import DvaError, InputError
 from pipeline.core.hashing import sha256_file
 from pipeline.editing.editing import AttributeClassifier, classifier_edit
@@ -19,7 +19,7 @@ class ClassifierEdit(EditKind):
     """
 
     kind: Literal["classifier"]
-    classifier: DataPath = "data/classifiers/classifier.safetensors"
+    classifier: WeightsPath = "data/classifiers/classifier.safetensors"
     attributes: dict[str, float]
 
     def identity_edit(self, context: IdentityContext) -> tuple[IdentityEdit, dict]:

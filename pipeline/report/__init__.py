@@ -1,0 +1,1 @@
+"""The review site: static HTML pages over the outputs of render and evaluate."""
