@@ -49,7 +49,8 @@ def _rank(rank: int, store: str, clip, config, folder: Path) -> None:
     torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     logged = []
     result = train([clip], config, SamplerSettings(), TrainParams(**DDP_TRAIN), torch.device("cpu"),
-                   folder / f"state{rank}.safetensors", DATA_HASHES, log=lambda step, record: logged.append(step))
+                   folder / f"state{rank}.safetensors", DATA_HASHES, log=lambda step, record: logged.append(step),
+                   distributed=(rank, 2))
     torch.distributed.destroy_process_group()
     save_file(result.model.state_dict(), str(folder / f"ema{rank}.safetensors"))
     (folder / f"run{rank}.json").write_text(json.dumps({"logged": logged, "history": result.history}))
