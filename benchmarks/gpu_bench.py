@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.diffusion_bench import unet_flops  # noqa: E402
 from pipeline.core.atomic import atomic_output_file  # noqa: E402
 from pipeline.core.device import precision_dtype, resolve_device, use_channels_last  # noqa: E402
 from pipeline.model.diffusion import DDIMScheduler  # noqa: E402
@@ -90,17 +90,6 @@ def matmul_ceiling(device: torch.device, repeats: int) -> dict[str, float]:
         seconds = _timed(device, lambda: torch.mm(a, b), repeats)
         ceiling[f"{name}_tflops"] = 2 * size**3 / seconds / 1e12
     return ceiling
-
-
-def forward_flops(model: DiffusionVideoAutoencoder, device: torch.device) -> int:
-    """FLOPs of one UNet forward on one image (counted on the unprepared model, in float32)."""
-    size = model.config.resolution
-    x = torch.randn(1, 3, size, size, device=device)
-    z = torch.randn(1, model.config.embed_dim, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(x, torch.zeros(1, dtype=torch.long, device=device), z)
-    return counter.get_total_flops()
 
 
 def _inputs(model: DiffusionVideoAutoencoder, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +220,7 @@ def bench_preset(preset: str, args, device: torch.device, ceiling: dict[str, flo
     """Every figure of one preset."""
     torch.manual_seed(0)
     model = DiffusionVideoAutoencoder(PRESETS[preset]()).to(device).eval()
-    flops = forward_flops(model, device)
+    flops = unet_flops(model, device)
     settings = InferenceSettings(precision=args.precision, compile=args.compile)
     invert = InvertParams(sampler=args.sampler, steps=args.steps, precision=args.precision, compile=args.compile)
     model = prepare_model(model, settings)
