@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from pipeline.core.config import VIDEO_ID_PATTERN, Section, read_params, safe_relative_path
 from pipeline.core.config import parse_params as parse_schema
 from pipeline.core.conventions import Conventions
 from pipeline.core.errors import ParamsError
 from pipeline.editing.kinds import EditSpec
-from pipeline.editing.settings import EditParams, FitClassifiersParams, check_label_paths
+from pipeline.editing.settings import EditParams, FitClassifiersParams, check_classifier_videos, check_label_paths
 from pipeline.evaluation.settings import EvaluateParams
 from pipeline.faces.settings import AlignParams, EncodeParams
 from pipeline.model.checkpoint import model_conventions, model_resolution
@@ -79,6 +79,11 @@ class Params(Section):
         check_train_videos(self.train, self.videos)
         return self
 
+    @model_validator(mode="after")
+    def _classifier_videos_known(self) -> "Params":
+        check_classifier_videos(self.fit_classifiers, self.videos)
+        return self
+
     @property
     def train_videos(self) -> list[str]:
         """Videos the autoencoder trains on (all listed videos unless `train.videos` says otherwise)."""
@@ -128,3 +133,22 @@ def packaged_defaults_file() -> Path:
     """The defaults shipped with the package (`pipeline/defaults/params.yaml`): the project's `params.yaml`
     without its videos, drivers and edits, for `dva edit` run outside a project folder."""
     return Path(__file__).resolve().parent / "defaults" / "params.yaml"
+
+
+def parse_faces(text: str) -> str | list[int]:
+    """`--faces`: `all`, `largest` or comma-separated track ids (`0,2`)."""
+    if text in ("all", "largest"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ParamsError(f"--faces {text!r}: expected all, largest or track ids such as 0,2") from None
+
+
+def with_faces(params: Params, faces: str | list[int]) -> Params:
+    """`params` with `align.faces` replaced (validated as the params file's value would be)."""
+    try:
+        faces = AlignParams(faces=faces).faces  # checked alone: the other settings were checked when loaded
+    except ValidationError as exc:
+        raise ParamsError(f"--faces: {exc.errors()[0]['msg']}") from None
+    return params.model_copy(update={"align": params.align.model_copy(update={"faces": faces})})

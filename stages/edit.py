@@ -1,4 +1,10 @@
-"""Apply one edit to a video: edit the identity once, decode every frame from its cached noise map.
+"""Apply one edit to a video: edit each face track's identity once, decode every face from its cached noise map.
+
+Rows are the align table's (a track's frames, track after track; one track unless `align.faces` chooses
+several): each track's identity is edited on its own (anonymising draws per person), the kind's motion
+codes are computed per track, and all rows decode together in batches. An edit whose spec lists `tracks`
+leaves the other faces as the source (their blend masks zero); `edit.json` keeps a record per track under
+`tracks`, its top level is the first edited track's.
 
 The edited identity `z'` comes from the edit's kind (pipeline/editing/kinds/: classifier directions, a
 text prompt through CLIP, a reference face / anonymisation; motion and expression edits keep it and
@@ -106,32 +112,55 @@ def edit_videos(
     crops, masks, noise, recon = aligned.crops, aligned.masks, inversion.noise, inversion.reconstruction
     status, frame_identities, landmarks = features.status, features.identities, features.landmarks
     invert_meta = inversion.metadata
-    # The identity code the frames were inverted with (inversions that predate its record used encode's).
-    video_identity = np.asarray(invert_meta.get("video_identity", features.video_identity), dtype=np.float32)
+    # The identity code each track was inverted with (inversions that predate its record used encode's).
+    track_identities = {int(track_id): np.asarray(code, dtype=np.float32) for track_id, code in invert_meta.get(
+        "track_identities", {str(next(iter(features.tracks))): invert_meta.get(
+            "video_identity", features.video_identity.tolist())}).items()}
     valid = np.array([state != NO_FACE for state in status])
-    frames = np.flatnonzero(valid)
-    first = int(frames[0])
-    first_frame = FirstFrame(np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]),
-                             frame_identities[first])
-    if window is not None:  # after the first frame: a preview edits as the whole run does
-        frames = np.intersect1d(frames, window)
-    edits = {name: params.edits[name].identity_edit(IdentityContext(
-        name, model, video_identity, first_frame, device, params.align, params.encode, settings, progress))
-        for name in out_dirs}
-    edited_identities = {name: edit_one(video_identity) for name, (edit_one, _) in edits.items()}
+    tracks = features.tracks
+    for name in out_dirs:
+        chosen = params.edits[name].tracks
+        unknown_tracks = sorted(set(chosen or []) - set(tracks))
+        if unknown_tracks:
+            raise DvaError(f"edit {name!r}: `tracks` names track {unknown_tracks[0]}, but {align_dir} has tracks "
+                           f"{sorted(tracks)} (align.faces)")
     landmark_backend = features.metadata.get("landmark_feature_backend")
-    codes = {name: params.edits[name].motion_codes(MotionContext(name, landmarks, valid, landmark_backend, motion))
-             for name in out_dirs}
+    edits, codes = {}, {}
+    for name in out_dirs:
+        spec = params.edits[name]
+        for track_id, rows in tracks.items():
+            if spec.tracks is not None and track_id not in spec.tracks:
+                continue
+            first = int(rows[valid[rows]][0])
+            first_frame = FirstFrame(np.asarray(crops[first]), landmarks[first], np.asarray(masks[first]),
+                                     frame_identities[first])
+            edits[name, track_id] = spec.identity_edit(IdentityContext(
+                name, model, track_identities[track_id], first_frame, device, params.align, params.encode, settings,
+                progress, track_id))
+            codes[name, track_id] = spec.motion_codes(MotionContext(name, landmarks[rows], valid[rows],
+                                                                    landmark_backend, motion))
+    edited_identities = {key: edit_one(track_identities[key[1]]) for key, (edit_one, _) in edits.items()}
+    # Each edit's motion codes over all rows: edited tracks' from the kind, the others' their own.
+    row_codes = {name: landmarks.copy() for name in out_dirs}
+    for (name, track_id), (track_codes, _) in codes.items():
+        row_codes[name][tracks[track_id]] = track_codes
     # Decode with the inversion's own sampler: BDIA's state only decodes exactly with BDIA and its gamma.
     try:
         sampler = sampler_from_config(DDIMScheduler.from_settings(model.sampler), invert_meta)
     except (KeyError, ValueError) as exc:
         raise DvaError(f"{invert_dir}: the inversion's sampler record is unusable ({exc})") from None
     count, size = len(status), crops.shape[1]
-    # Each batch decodes len(frames) x len(streams) images; keep that within batch_size.
+    frames = np.flatnonzero(valid)
+    if window is not None:  # after each track's first frame: a preview edits as the whole run does
+        frames = frames[np.isin(features.frame[frames], window)]
+    # Faces an edit leaves alone are not decoded: their crops are the source's, their blend masks zero.
+    edited_rows = {name: frames[np.array([(name, int(track_id)) in edits for track_id in features.track[frames]],
+                                         dtype=bool)] for name in out_dirs}
+    # Each batch decodes len(rows) x len(streams) images; keep that within batch_size.
     streams = [(name, kind) for name in out_dirs for kind in (("edited", "baseline") if baseline else ("edited",))]
     per_batch = max(1, inference_batch_size(settings, model) // len(streams))
-    batches = [frames[start : start + per_batch] for start in range(0, len(frames), per_batch)]
+    todo = np.unique(np.concatenate(list(edited_rows.values())))
+    batches = [todo[start : start + per_batch] for start in range(0, len(todo), per_batch)]
     with ExitStack() as stack:
         works = {name: stack.enter_context(atomic_output_dir(out_dir)) for name, out_dir in out_dirs.items()}
         outputs = {}
@@ -140,25 +169,32 @@ def edit_videos(
                                                                                             BASELINE_ALPHA_FILE)
             outputs[name, kind] = (_open(works[name] / image_file, count, size),
                                    _open(works[name] / alpha_file, count, size, 1))
-        # no_face frames keep the zero crops and zero alphas they were created with: render skips them.
+            untouched = np.setdiff1d(frames, edited_rows[name])
+            outputs[name, kind][0][untouched] = crops[untouched]
+        # no_face rows keep the zero crops and zero alphas they were created with: render skips them.
         label = ", ".join(out_dirs)
         for rows in progress_bar(batches, enabled=progress, total=len(batches), desc=f"edit {label}"):
             latents = torch.from_numpy(np.ascontiguousarray(noise[rows])).to(device)
             source, reconstruction, face = np.asarray(crops[rows]), np.asarray(recon[rows]), np.asarray(masks[rows])
+            row_tracks = features.track[rows]
             identities = []
             for name, kind in streams:
-                if kind == "edited":
-                    identities.append(np.broadcast_to(edited_identities[name], (len(rows), len(video_identity))))
-                else:
-                    identities.append(np.stack([edits[name][0](frame_identities[row]) for row in rows]))
+                # Rows of faces this edit leaves alone decode with their own code; their result is not kept.
+                identities.append(np.stack([
+                    track_identities[int(track_id)] if (name, int(track_id)) not in edits
+                    else edited_identities[name, int(track_id)] if kind == "edited"
+                    else edits[name, int(track_id)][0](frame_identities[row])
+                    for row, track_id in zip(rows, row_tracks)]))
             with torch.inference_mode():
                 z_face = face_codes(model, np.concatenate(identities),
-                                    np.concatenate([codes[name][0][rows] for name, _ in streams]), device)
+                                    np.concatenate([row_codes[name][rows] for name, _ in streams]), device)
             decoded = to_uint8_crops(decode_frames(model, sampler, torch.cat([latents] * len(streams)), z_face,
                                                    settings))
             for stream, key in enumerate(streams):
                 images, alphas = outputs[key]
-                for offset, row in enumerate(rows):
+                for offset, (row, track_id) in enumerate(zip(rows, row_tracks)):
+                    if (key[0], int(track_id)) not in edits:
+                        continue
                     image = decoded[stream * len(rows) + offset]
                     images[row], alpha = composite_crop(image, source[offset], face[offset], reconstruction[offset],
                                                         settings)
@@ -170,18 +206,26 @@ def edit_videos(
         infos = {}
         checkpoint_sha256 = sha256_file(Path(checkpoint))
         for name, out_dir in out_dirs.items():
-            spec, edited_identity = params.edits[name], edited_identities[name]
-            infos[name] = {
-                "name": name,
-                "spec": spec.model_dump(),
-                "sampler": sampler.config(),
-                "checkpoint_sha256": checkpoint_sha256,
-                "video_identity": video_identity.tolist(),
-                "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
-                "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(video_identity)),
-            } | edits[name][1] | codes[name][1]
+            spec = params.edits[name]
+            per_track = {}
+            for track_id in tracks:
+                if (name, track_id) not in edits:
+                    per_track[str(track_id)] = {"edited": False}
+                    continue
+                source_identity, edited_identity = track_identities[track_id], edited_identities[name, track_id]
+                per_track[str(track_id)] = {
+                    "edited": True,
+                    "video_identity": source_identity.tolist(),
+                    "edited_identity": np.asarray(edited_identity, dtype=np.float64).tolist(),
+                    "identity_cosine_to_source": float(l2_normalise(edited_identity) @ l2_normalise(source_identity)),
+                } | edits[name, track_id][1] | codes[name, track_id][1]
+            # The top level describes the first edited track: a single face's record as before tracks.
+            lead = next(str(track_id) for track_id in tracks if (name, track_id) in edits)
+            infos[name] = {"name": name, "spec": spec.model_dump(), "sampler": sampler.config(),
+                           "checkpoint_sha256": checkpoint_sha256} | {
+                key: value for key, value in per_track[lead].items() if key != "edited"} | {"tracks": per_track}
             (works[name] / EDIT_INFO_FILE).write_text(json.dumps(infos[name], indent=2) + "\n")
-            np.save(works[name] / EDIT_LANDMARKS_FILE, codes[name][0])
+            np.save(works[name] / EDIT_LANDMARKS_FILE, row_codes[name])
             write_lineage(works[name], out_dir, stage="edit",
                           inputs=[align_dir, encode_dir, invert_dir, *spec.input_files(),
                                   *spec.motion_lineage_inputs(name, motion)],

@@ -1,10 +1,10 @@
-"""Identity code and landmark feature of every aligned frame, as one Parquet table per video.
+"""Identity code and landmark feature of every aligned face, as one Parquet table per video.
 
-Columns: index, status, identity (L2-normalised, dim from the encoder), landmark_feature (102, jaw
+One row per row of the align table (a track's frames, track after track). Columns: track, index, status, identity (L2-normalised, dim from the encoder), landmark_feature (102, jaw
 dropped: with `landmark_backend: dlib` the align stage's crop landmarks scaled to [0, 1]; with `mobilenet`
 the reference's MobileNetV2-GDConv points in [0, 1] of the 256 px crop's centre 224 px). File metadata:
-encoder name, identity dim, landmark feature backend, weights sha256, and the video identity
-(L2-normalised mean over ok frames).
+encoder name, identity dim, landmark feature backend, weights sha256, each track's identity
+(`track_identities`: L2-normalised mean over its ok frames) and the video identity (the first track's).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def landmark_features_from_params(params: EncodeParams) -> DlibLandmarkFeatures 
 def encode_video(
     align_dir: Path, out_dir: Path, params: EncodeParams, progress: bool = True, run_id: str = "python"
 ) -> np.ndarray:
-    """Encode every aligned frame; returns the video identity."""
+    """Encode every aligned face; returns the video identity (the first track's)."""
     alignment = read_alignment(align_dir)
     status, crop_landmarks = alignment.status, alignment.crop_landmarks
     crops = open_crops(align_dir).crops
@@ -89,12 +89,17 @@ def encode_video(
             identities[rows] = encoder.embed(batch, crop_landmarks[rows])
             features[rows] = landmarks(batch, crop_landmarks[rows])
     ok = np.array([state == OK for state in status])
-    video_identity = l2_normalise(identities[ok if ok.any() else valid].mean(axis=0))
+    track_identities = {}
+    for track_id, rows in alignment.tracks.items():
+        chosen = rows[ok[rows]] if ok[rows].any() else rows[valid[rows]]
+        track_identities[track_id] = l2_normalise(identities[chosen].mean(axis=0))
+    video_identity = next(iter(track_identities.values()))
     with atomic_output_dir(out_dir) as work:
         write_table(
             work / FEATURES_FILE,
             {
-                "index": pa.array(np.arange(count), pa.int32()),
+                "track": pa.array(alignment.track, pa.int32()),
+                "index": pa.array(alignment.frame, pa.int32()),
                 "status": pa.array(status, pa.string()),
                 "identity": vector_column(identities),
                 "landmark_feature": vector_column(features),
@@ -105,6 +110,7 @@ def encode_video(
                 "landmark_feature_backend": params.landmark_backend,
                 "weights_sha256": {**encoder.weights, **landmarks.weights},
                 "video_identity": video_identity.tolist(),
+                "track_identities": {str(track_id): code.tolist() for track_id, code in track_identities.items()},
                 "crop_size": size,
                 "landmark_backend": alignment.metadata.get("backend"),
             },

@@ -2,7 +2,10 @@
 
 TL-ID / TG-ID (identity encoder from params) of the reconstruction, of the edit, and of the
 per-frame baseline (the same edit applied to each frame's own identity); mean identity cosine
-to the source video's identity (and to the reference face for reference edits); background PSNR
+to the source identity (and to the reference face for reference edits) and the re-identification rate
+(the fraction of face frames the encoder still calls the source person: cosine at least its
+same-person threshold); with several faces (align.faces) all of these per track under `tracks`, the
+top level over every face (TL-ID / TG-ID averaged over tracks by face frames); background PSNR
 from render; and how well the decoded faces follow the motion codes they were decoded with
 (pipeline/evaluation/landmark_metrics.py): `landmarks.edit_error` (edited crops vs the edit's codes: a
 motion edit's driven codes, an expression edit's shifted ones, otherwise the video's own),
@@ -78,9 +81,29 @@ def embed_crops(
     return np.concatenate(codes)
 
 
-def _consistency(source: np.ndarray, other: np.ndarray) -> dict[str, float]:
+def _consistency(source: np.ndarray, other: np.ndarray) -> dict[str, float | None]:
+    if len(source) < 2:  # a face seen in one frame has no temporal consistency
+        return {"tl_id": None, "tg_id": None}
     tl_id, tg_id = temporal_identity_consistency(source, other)
     return {"tl_id": tl_id, "tg_id": tg_id}
+
+
+def _weighted_mean(values: list[float | None], weights: np.ndarray) -> float | None:
+    kept = [(value, weight) for value, weight in zip(values, weights) if value is not None]
+    return float(np.average([value for value, _ in kept], weights=[weight for _, weight in kept])) if kept else None
+
+
+def _track_metrics(track_id: int, positions: np.ndarray, source: np.ndarray, codes: dict[str, np.ndarray],
+                   similarity: dict[str, np.ndarray], edited: bool, same_person: float) -> dict:
+    """One track's figures: its face frames, and per crop stack TL-ID, TG-ID, identity similarity to the
+    track's source identity and the re-identification rate (frames still the same person to the encoder)."""
+    entry: dict = {"track": track_id, "frames": int(len(positions)), "edited": bool(edited)}
+    for name, embedded in codes.items():
+        entry[name] = _consistency(source, embedded[positions]) | {
+            "id_sim_source": float(similarity[name][positions].mean()),
+            "reid_rate": float(np.mean(similarity[name][positions] >= same_person)),
+        }
+    return entry
 
 
 def evaluate_edit(
@@ -105,14 +128,13 @@ def evaluate_edit(
     lpips = load_lpips(settings.lpips_weights, settings.lpips_net, settings.device) if settings.lpips_weights else None
     alignment, features = read_alignment(align_dir), read_features(encode_dir)
     status, crop_landmarks = alignment.status, alignment.crop_landmarks
-    source_codes, video_identity, features_meta = features.identities, features.video_identity, features.metadata
+    source_codes, features_meta = features.identities, features.metadata
     reconstruction, edit, render = read_reconstruction(invert_dir), read_edit(edit_dir), read_render_metrics(render_dir)
     require_artifact(edit_dir, (EDIT_LANDMARKS_FILE,), "edit-frames")
     encoder = identity_encoder_from_params(params)
     if encoder.name != features_meta["encoder"]:
         raise InputError(encode_dir, f"encoded with {features_meta['encoder']}, evaluate uses {encoder.name}")
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE])
-    source = source_codes[frames]
     stacks = {"reconstruction": reconstruction, "edit": edit.edited, "baseline": edit.baseline}
     codes = {
         name: embed_crops(encoder, crops, crop_landmarks, frames, progress, f"identity {name}")
@@ -122,14 +144,29 @@ def evaluate_edit(
     info = edit.info
     # What the edit's kind compares its frames with besides the source (a reference edit: the reference face).
     targets = parse_edit(info["spec"], f"{edit_dir}/{EDIT_INFO_FILE}").identity_targets(info)
-    metrics: dict = {"frames": int(len(frames))}
-    plot = pd.DataFrame({"frame": frames})
+    row_tracks = features.track[frames]
+    # Each face is compared with its own track's identity.
+    own_identity = np.stack([features.track_identities[int(track_id)] for track_id in row_tracks])
+    similarity = {name: np.sum(l2_normalise(embedded) * own_identity, axis=1) for name, embedded in codes.items()}
+    per_track = {int(track_id): np.flatnonzero(row_tracks == track_id) for track_id in dict.fromkeys(row_tracks)}
+    weights = np.array([len(positions) for positions in per_track.values()], dtype=np.float64)
+    metrics: dict = {"frames": int(len(set(features.frame[frames].tolist()))), "faces": int(len(frames))}
+    plot = pd.DataFrame({"frame": features.frame[frames], "track": row_tracks})
     for name, embedded in codes.items():
-        similarity = l2_normalise(embedded) @ video_identity
-        metrics[name] = _consistency(source, embedded) | {"id_sim_source": float(similarity.mean())}
-        plot[name] = similarity
+        # TL-ID / TG-ID follow one face over time: per track, then averaged over tracks by face frames.
+        consistency = [_consistency(source_codes[frames[positions]], embedded[positions])
+                       for positions in per_track.values()]
+        metrics[name] = {key: _weighted_mean([values[key] for values in consistency], weights)
+                         for key in ("tl_id", "tg_id")} | {"id_sim_source": float(similarity[name].mean())}
+        plot[name] = similarity[name]
         for target, code in targets.items():
             metrics[name][f"id_sim_{target}"] = float((l2_normalise(embedded) @ code).mean())
+        metrics[name]["reid_rate"] = float(np.mean(similarity[name] >= encoder.same_person_similarity))
+    metrics["same_person_similarity"] = encoder.same_person_similarity
+    metrics["tracks"] = [_track_metrics(track_id, positions, source_codes[frames[positions]], codes, similarity,
+                                        info.get("tracks", {}).get(str(track_id), {}).get("edited", True),
+                                        encoder.same_person_similarity)
+                         for track_id, positions in per_track.items()]
     source_crops = open_crops(align_dir).crops
     fidelity = reconstruction_similarity(source_crops, reconstruction, frames, lpips, BATCH, progress,
                                          "reconstruction MS-SSIM" + (" / LPIPS" if lpips else ""))
@@ -141,7 +178,7 @@ def evaluate_edit(
     detector = make_landmark_detector(align.backend, align.fan_weights, 0, align.detection_threshold)
     asked = feature_to_crop_fraction(np.load(Path(edit_dir) / EDIT_LANDMARKS_FILE)[frames],
                                      features_meta.get("landmark_feature_backend", "dlib"))
-    errors, found = pd.DataFrame({"frame": frames}), {}
+    errors, found = pd.DataFrame({"frame": features.frame[frames], "track": row_tracks}), {}
     for name in ("edit", "reconstruction"):
         points, found[name] = detect_crop_landmarks(detector, stacks[name], frames,
                                                     crop_landmarks, progress, f"landmarks {name}")

@@ -1,7 +1,8 @@
 """Invert every aligned frame of a video to its noise map, once, for all later edits.
 
-Conditioning: the video's identity code (`invert.video_identity`: the normalised mean, or the reference's
-raw mean) and each frame's landmark feature. The sampler is
+Conditioning: the identity code of the face's track (`invert.video_identity`: the normalised mean, or the
+reference's raw mean) and each frame's landmark feature; rows are those of the align table (a track's
+frames, track after track). The sampler is
 `invert.sampler`: DDIM, or BDIA-DDIM whose inversion is exact (see pipeline/model/samplers.py). Outputs in
 OUT_DIR: `noise.npy`, float32, zeros for no_face frames: the sampler's state per frame, (N, 3, R, R)
 noise maps `x_T` for DDIM, (N, 2, 3, R, R) `x_T` and the latent of the second timestep for BDIA;
@@ -89,8 +90,8 @@ def invert_video(
 ) -> dict:
     """Invert and re-decode all face frames of one video; returns its metrics.
 
-    `window` (frame indices) inverts only those face frames (a preview: the other rows stay zero and
-    NaN, the metrics cover the window). `frame_cache` is a folder of per-frame results (`<index>.npz`)
+    `window` (frame indices) inverts only the faces of those frames (a preview: the other rows stay zero
+    and NaN, the metrics cover the window). `frame_cache` is a folder of per-face results (`<row>.npz`)
     shared by the runs of one inversion key: frames found there are read instead of inverted, and a
     window run adds the frames it inverts, so a full run after a preview inverts only the frames the
     preview lacked.
@@ -99,7 +100,9 @@ def invert_video(
     model, model_meta = load_model(checkpoint, device)
     model = prepare_model(model, params)
     crops, features = open_crops(align_dir).crops, read_features(encode_dir)
-    status, landmarks, identity = features.status, features.landmarks, params.identity_code(features)
+    status, landmarks = features.status, features.landmarks
+    track_identities = params.track_identity_codes(features)
+    row_identities = np.stack([track_identities[int(track_id)] for track_id in features.track])
     features_meta = features.metadata
     if crops.shape[1] != model.config.resolution:
         raise InputError(align_dir, f"crops are {crops.shape[1]} px but the model is {model.config.resolution} px")
@@ -112,8 +115,8 @@ def invert_video(
                          f"{model_meta['landmark_encoder']} (set encode.landmark_backend)")
     sampler = params.build_sampler(DDIMScheduler.from_settings(model.sampler))
     frames = np.array([index for index, state in enumerate(status) if state != NO_FACE], dtype=np.int64)
-    if window is not None:
-        frames = np.intersect1d(frames, window)
+    if window is not None:  # frame indices: every chosen face in those frames
+        frames = frames[np.isin(features.frame[frames], window)]
     count, size = len(status), crops.shape[1]
     psnr, ssim, msssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(4))
     msssim_settings = ms_ssim_settings(size)
@@ -132,7 +135,7 @@ def invert_video(
         for rows in progress_bar(batches, enabled=progress, total=len(batches),
                                  desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
-            z_face = face_codes(model, identity, landmarks[rows], device)
+            z_face = face_codes(model, row_identities[rows], landmarks[rows], device)
             state = invert_frames(model, sampler, to_model_images(source, device), z_face, params)
             decoded = decode_frames(model, sampler, state, z_face, params)
             noise[rows] = state.cpu().numpy()
@@ -161,14 +164,17 @@ def invert_video(
         write_table(
             work / INVERT_TABLE_FILE,
             {
-                "index": pa.array(np.arange(count), pa.int32()),
+                "track": pa.array(features.track, pa.int32()),
+                "index": pa.array(features.frame, pa.int32()),
                 "status": pa.array(status, pa.string()),
                 "psnr": pa.array(psnr),
                 "ssim": pa.array(ssim),
                 "ms_ssim": pa.array(msssim),
                 "noise_std": pa.array(noise_std),
             },
-            {"checkpoint_sha256": sha256_file(Path(checkpoint)), "video_identity": identity.tolist(),
+            {"checkpoint_sha256": sha256_file(Path(checkpoint)),
+             "video_identity": next(iter(track_identities.values())).tolist(),
+             "track_identities": {str(track_id): code.tolist() for track_id, code in track_identities.items()},
              "video_identity_rule": params.video_identity}
             | sampler.config(),
         )

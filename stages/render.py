@@ -1,7 +1,8 @@
 """Paste the edited crops back into the full-resolution video, with its timing and audio.
 
 Each edited crop goes back through the inverse of its alignment transform with its feathered
-alpha; `no_face` frames pass through untouched. Outputs in OUT_DIR: `edited.mp4` (source frame
+alpha, every chosen face of a frame (smaller faces first, so nearer ones cover them); frames without
+a face pass through untouched. Outputs in OUT_DIR: `edited.mp4` (source frame
 count, timestamps and audio), `side_by_side.mp4` (source | reconstruction | edited; the
 reconstruction pasted back with the edit's blend masks), `contact_sheet.png` (rows:
 source crop, reconstruction, edit; evenly spaced frames) and `metrics.json` (background PSNR
@@ -34,6 +35,7 @@ from pipeline.runs.artifacts import (
     RENDER_METRICS_FILE,
     SIDE_BY_SIDE_FILE,
     VIDEO_FILE,
+    Alignment,
     open_crops,
     read_alignment,
     read_edit,
@@ -56,6 +58,28 @@ class RenderView(ParamsView):
     render: RenderParams = RenderParams()
 
 
+def faces_by_frame(alignment: Alignment) -> list[list[int]]:
+    """The face rows of each frame of the video, smaller faces first: pasted in this order, nearer (larger)
+    faces end up over smaller ones where they overlap."""
+    frame_count = int(alignment.frame.max()) + 1 if len(alignment.frame) else 0
+    by_frame: list[list[int]] = [[] for _ in range(frame_count)]
+    faces = np.flatnonzero([state != NO_FACE for state in alignment.status])
+    for row in faces:
+        by_frame[alignment.frame[row]].append(int(row))
+    # The frame-to-crop map shrinks a larger face more: its determinant falls as the face's area grows.
+    scale = dict(zip(faces.tolist(), np.abs(np.linalg.det(alignment.transforms[faces][:, :, :2])).tolist()))
+    return [sorted(rows, key=lambda row: -scale[row]) for rows in by_frame]
+
+
+def paste_faces(frame: np.ndarray, rows: list[int], crops: np.ndarray, alpha: np.ndarray,
+                transforms: np.ndarray) -> np.ndarray:
+    """`frame` with the crops of `rows` pasted back in order through their blend masks."""
+    result = frame
+    for row in rows:
+        result = paste_back(result, np.asarray(crops[row]), np.asarray(alpha[row]) / 255, transforms[row])
+    return result
+
+
 def contact_sheet(rows: list[np.ndarray], columns: list[int]) -> np.ndarray:
     """Grid image: one row per crop stack (N, R, R, 3), one column per listed frame."""
     return np.concatenate([np.concatenate([stack[index] for index in columns], axis=1) for stack in rows], axis=0)
@@ -68,28 +92,54 @@ def sheet_columns(status: list[str], count: int) -> list[int]:
 
 
 def write_contact_sheet(path: Path, crops: np.ndarray, reconstruction: np.ndarray, edited: np.ndarray,
-                        columns: list[int]) -> None:
-    """The PNG contact sheet: rows source crop, reconstruction, edit; one column per listed frame."""
-    sheet = contact_sheet([crops, reconstruction, edited], columns)
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+                        columns: list[int] | list[list[int]]) -> None:
+    """The PNG contact sheet: rows source crop, reconstruction, edit; one column per listed row.
+
+    `columns` lists crop rows, or one list per track: then each track gets its three rows, one under the
+    other (a track with fewer face frames than another is padded with black).
+    """
+    groups = [columns] if not columns or isinstance(columns[0], (int, np.integer)) else columns
+    width = max(len(group) for group in groups)
+    blank = np.zeros((1, *crops.shape[1:]), dtype=np.uint8)
+    parts = []
+    for group in groups:
+        padded = [np.concatenate([stack[list(group)], np.repeat(blank, width - len(group), axis=0)])
+                  for stack in (crops, reconstruction, edited)]
+        parts.append(contact_sheet(padded, list(range(width))))
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(parts, axis=0), cv2.COLOR_RGB2BGR))
+
+
+def track_sheet_columns(alignment: Alignment, count: int) -> list[list[int]]:
+    """`count` face rows of each track spread evenly over its frames (:func:`sheet_columns` per track)."""
+    return [[int(rows[column]) for column in sheet_columns([alignment.status[row] for row in rows], count)]
+            for rows in alignment.tracks.values() if any(alignment.status[row] != NO_FACE for row in rows)]
 
 
 def composite_frames(
     extract_dir: Path, align_dir: Path, edit_dir: Path, progress: bool
 ):
-    """Yield (index, source frame, edited frame, background PSNR or None) for every frame."""
+    """Yield (index, source frame, edited frame, face rows, background PSNR or None) for every frame.
+
+    Every chosen face of a frame is pasted back, smaller faces first; the background is what lies outside
+    all of them.
+    """
     alignment, edit, masks = read_alignment(align_dir), read_edit(edit_dir), open_crops(align_dir).masks
-    status, transforms, edited, alpha = alignment.status, alignment.transforms, edit.edited, edit.alpha
+    transforms, edited, alpha = alignment.transforms, edit.edited, edit.alpha
+    by_frame = faces_by_frame(alignment)
     frames = read_lossless_frames(require_artifact(extract_dir, (FRAMES_FILE,), "extract") / FRAMES_FILE)
-    for index, frame in enumerate(progress_bar(frames, enabled=progress, total=len(status), desc="render")):
-        if status[index] == NO_FACE:
-            yield index, frame, frame, None
+    total = int(alignment.metadata.get("frame_count", len(by_frame)))
+    for index, frame in enumerate(progress_bar(frames, enabled=progress, total=total, desc="render")):
+        rows = by_frame[index] if index < len(by_frame) else []
+        if not rows:
+            yield index, frame, frame, rows, None
             continue
-        result = paste_back(frame, np.asarray(edited[index]), np.asarray(alpha[index]) / 255, transforms[index])
-        face = dilated_face_region(np.asarray(masks[index]), BACKGROUND_DILATION).astype(np.uint8)
+        result = paste_faces(frame, rows, edited, alpha, transforms)
         height, width = frame.shape[:2]
-        face_in_frame = warp_to_frame(face, transforms[index], width, height) > 0
-        yield index, frame, result, masked_psnr(frame, result, ~face_in_frame)
+        face_in_frame = np.zeros((height, width), dtype=bool)
+        for row in rows:
+            face = dilated_face_region(np.asarray(masks[row]), BACKGROUND_DILATION).astype(np.uint8)
+            face_in_frame |= warp_to_frame(face, transforms[row], width, height) > 0
+        yield index, frame, result, rows, masked_psnr(frame, result, ~face_in_frame)
 
 
 def render_video(
@@ -108,7 +158,7 @@ def render_video(
     pts = read_frame_times(extract_dir)[0]
     time_base = Fraction(meta.time_base)
     alignment, edit, reconstruction = read_alignment(align_dir), read_edit(edit_dir), read_reconstruction(invert_dir)
-    status, transforms, alpha = alignment.status, alignment.transforms, edit.alpha
+    transforms, alpha = alignment.transforms, edit.alpha
     background = []
     with atomic_output_dir(out_dir) as work:
         encoder_args = dict(time_base=time_base, fps=meta.fps, crf=params.crf, preset=params.preset)
@@ -118,18 +168,20 @@ def render_video(
             VideoEncoder(work / SIDE_BY_SIDE_FILE, 3 * meta.width, meta.height, audio_source=audio,
                          **encoder_args) as side_by_side,
         ):
-            for index, source, result, score in composite_frames(extract_dir, align_dir, edit_dir, progress):
+            frame_count = 0
+            for index, source, result, rows, score in composite_frames(extract_dir, align_dir, edit_dir, progress):
                 video.write(result, pts[index])
-                reconstructed = source if status[index] == NO_FACE else paste_back(
-                    source, np.asarray(reconstruction[index]), np.asarray(alpha[index]) / 255, transforms[index])
+                reconstructed = paste_faces(source, rows, reconstruction, alpha, transforms)
+                frame_count += 1
                 side_by_side.write(np.concatenate([source, reconstructed, result], axis=1), pts[index])
                 if score is not None:
                     background.append(score)
         crops = open_crops(align_dir).crops
         write_contact_sheet(work / CONTACT_SHEET_FILE, crops, reconstruction, edit.edited,
-                            sheet_columns(status, params.contact_sheet_columns))
+                            track_sheet_columns(alignment, params.contact_sheet_columns))
         metrics = {
-            "frames": len(status),
+            "frames": frame_count,
+            "tracks": len(alignment.tracks),
             "background_psnr_mean": float(np.mean(background)) if background else None,
             "background_psnr_min": float(np.min(background)) if background else None,
         }

@@ -66,18 +66,20 @@ class TrainView(ParamsView):
         return training_videos(self.train, self.videos)
 
 
-def load_clip(
+def load_clips(
     align_dir: Path, encode_dir: Path, parser: FaceParser | None = None
-) -> tuple[TrainingClip, dict[str, str], dict]:
-    """One video's training material, the sha256 of its input files and its encoder metadata.
+) -> tuple[list[TrainingClip], dict[str, str], dict]:
+    """One video's training material, one clip per face track, the sha256 of its input files and its encoder
+    metadata.
 
+    Each track is one person: it trains as a video of its own (its own identity code, its own batches).
     With a face `parser`, L_reg's masks are the parsed face foreground of each crop (the reference's
     image variant, hard 0/1) instead of the align stage's feathered landmark masks.
     """
     aligned, features = open_crops(align_dir), read_features(encode_dir)
     crops, masks, metadata = aligned.crops, aligned.masks, features.metadata
-    frames = np.array([index for index, state in enumerate(features.status) if state != NO_FACE])
-    if len(frames) == 0:
+    faces = np.array([index for index, state in enumerate(features.status) if state != NO_FACE])
+    if len(faces) == 0:
         raise InputError(align_dir, "no aligned face frames to train on")
     hashes = {
         str(Path(align_dir) / CROPS_FILE): sha256_file(Path(align_dir) / CROPS_FILE),
@@ -86,14 +88,23 @@ def load_clip(
     }
     if parser is not None:
         masks = np.zeros(crops.shape[:3], dtype=np.uint8)
-        for start in range(0, len(frames), PARSE_BATCH):
-            rows = frames[start : start + PARSE_BATCH]
+        for start in range(0, len(faces), PARSE_BATCH):
+            rows = faces[start : start + PARSE_BATCH]
             masks[rows] = np.round(parsing_face_mask(np.asarray(crops[rows]), parser, for_video=False) * 255)
     # The reference (mobilenet) feature lives in the 224 px centre crop of the 256 px face; dlib's in the crop.
     landmark_frame = LANDMARK_INPUT_SIZE if metadata.get("landmark_feature_backend") == "mobilenet" else crops.shape[1]
-    clip = TrainingClip(crops, masks, features.landmarks, features.video_identity, features.identities, frames,
-                        landmark_frame)
-    return clip, hashes, metadata
+    clips = [TrainingClip(crops, masks, features.landmarks, features.track_identities[track_id], features.identities,
+                          np.intersect1d(faces, rows), landmark_frame)
+             for track_id, rows in features.tracks.items() if np.isin(rows, faces).any()]
+    return clips, hashes, metadata
+
+
+def load_clip(
+    align_dir: Path, encode_dir: Path, parser: FaceParser | None = None
+) -> tuple[TrainingClip, dict[str, str], dict]:
+    """The first face track of a video as one training clip (:func:`load_clips`)."""
+    clips, hashes, metadata = load_clips(align_dir, encode_dir, parser)
+    return clips[0], hashes, metadata
 
 
 def _torchrun() -> tuple[int, int, int]:
@@ -138,9 +149,9 @@ def train_autoencoder(
         parser = load_face_parser(params.train.parsing_weights, "train.parsing_weights", resolve_device("auto"))
         hashes["train.parsing_weights"] = sha256_file(Path(params.train.parsing_weights))
     for video_id in progress_bar(params.train_videos, enabled=progress and parser is not None, desc="load clips"):
-        clip, clip_hashes, metadata = load_clip(data_root / "align" / video_id, data_root / "encode" / video_id,
-                                                parser)
-        clips.append(clip)
+        video_clips, clip_hashes, metadata = load_clips(data_root / "align" / video_id,
+                                                        data_root / "encode" / video_id, parser)
+        clips.extend(video_clips)
         hashes |= clip_hashes
         encoders.add((metadata["encoder"], int(metadata["identity_dim"]), metadata.get("crop_size")))
     if len(encoders) != 1:

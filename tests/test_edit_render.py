@@ -201,7 +201,7 @@ def test_composite_leaves_faceless_frames_and_background_untouched(audio_run):
     alpha = np.load(audio_run.edit / ALPHA_FILE)
     originals = list(read_lossless_frames(audio_run.extract / FRAMES_FILE))
     changed_faces = 0
-    for index, source, result, score in composite_frames(audio_run.extract, audio_run.align, audio_run.edit,
+    for index, source, result, _, score in composite_frames(audio_run.extract, audio_run.align, audio_run.edit,
                                                          progress=False):
         assert np.array_equal(source, originals[index])
         if statuses[index] == NO_FACE:

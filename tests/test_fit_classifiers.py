@@ -170,7 +170,7 @@ def test_celeba_table_through_cli(faces, tmp_path, monkeypatch):
 
 def test_missing_labels_param_is_one_line_error(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("model:\n  resolution: 64\n")
+    params.write_text("model:\n  resolution: 64\nfit_classifiers:\n  source: table\n")
     out = tmp_path / "classifiers"
     result = CliRunner().invoke(_app(), [str(out), "--params", str(params), "--quiet"])
     assert result.exit_code == 1

@@ -70,6 +70,7 @@ def test_every_params_section_a_stage_reads_is_declared(outputs, sample_clip, mi
         "edit-frames": ["edit-frames", "anon", checkpoint, f["align"], f["encode"], f["invert"], f"{out}/edit"],
         "render": ["render", f["extract"], f["align"], f["invert"], f["edit"], f"{out}/render"],
         "evaluate": ["evaluate", f["align"], f["encode"], f["invert"], f["edit"], f["render"], f"{out}/evaluate"],
+        "fit-classifiers": ["fit-classifiers", f"{out}/classifiers", "--data-root", str(micro_model.data_root)],
     }
     read = {command: _run_recording(monkeypatch, [*arguments, "--params", str(params_file), "--quiet"])
             for command, arguments in runs.items()}

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from pipeline.core.errors import DvaError, InputError
-from pipeline.params import load_params
+from pipeline.params import load_params, parse_faces
 from pipeline.report.site import write_site
 
 RUNNERS = ("threads", "dask")
@@ -53,12 +53,15 @@ def check_batch_inputs(videos: Path, checkpoint: Path, edits: list[str], params_
 
 def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, params_file: Path, runner: str = "threads",
               address: str | None = None, workers: int = 2, retries: int = 2, retry_delay: float = 10.0,
-              gpu_slots: int | None = None, quiet: bool = False, evaluate: bool = False) -> list:
+              gpu_slots: int | None = None, quiet: bool = False, evaluate: bool = False,
+              faces: str | None = None) -> list:
     """Run the batch flow once (ephemeral Prefect server unless PREFECT_API_URL is set); returns its rows.
 
-    `evaluate` also decodes each edit's per-frame baseline and scores the edit.
+    `evaluate` also decodes each edit's per-frame baseline and scores the edit; `faces` replaces `align.faces`.
     """
     check_batch_inputs(videos, checkpoint, edits, params_file)
+    if faces is not None:
+        parse_faces(faces)  # a bad value stops here, before any server starts
     from prefect.settings import (
         PREFECT_LOGGING_LEVEL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
@@ -81,7 +84,7 @@ def run_batch(videos: Path, checkpoint: Path, edits: list[str], out: Path, param
             return batch_flow.with_options(task_runner=task_runner)(
                 videos=str(videos), edits=edits, checkpoint=str(checkpoint), out_root=str(out),
                 params_file=str(params_file), retries=retries, retry_delay_seconds=retry_delay, gpu_slots=gpu_slots,
-                evaluate=evaluate,
+                evaluate=evaluate, faces=faces,
             )
         except RuntimeError as exc:
             if "Prefect API" not in str(exc):
@@ -132,12 +135,14 @@ def cli(
                                                     "(default: the number of visible GPUs, at least 1)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also score every edit (TL-ID, TG-ID, identity, "
                                   "landmarks): decodes each edit's per-frame baseline, a second decode of every frame."),
+    faces: str = typer.Option(None, "--faces", help="Which faces to edit in every video: largest (the params' "
+                              "default), all (one track per person), or track ids such as 0,2."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the summary."),
 ) -> None:
     if quiet:
         quiet_logging()
     rows = run_batch(videos, checkpoint, edit, out, params, runner, address, workers, retries, retry_delay,
-                     gpu_slots, quiet, evaluate)
+                     gpu_slots, quiet, evaluate, faces)
     print_summary(rows)
     if any(row.status != "failed" for row in rows):
         write_site(out, out / "report", progress=not quiet)

@@ -36,7 +36,7 @@ from pipeline.core.atomic import atomic_output_dir, atomic_output_file
 from pipeline.core.errors import DriverError, DvaError, InputError
 from pipeline.core.hashing import content_key, sha256_file
 from pipeline.editing.kinds import EditKind
-from pipeline.params import Params, for_checkpoint, load_params
+from pipeline.params import Params, for_checkpoint, load_params, parse_faces, with_faces
 from pipeline.runs.lineage import read_lineage, write_lineage
 from pipeline.runs.store import StageKeys, stage_keys
 from pipeline.runs.work_store import WorkStore, is_complete
@@ -262,7 +262,7 @@ def evaluate_task(align: Artifact, encode: Artifact, invert: Artifact, edits: di
     edit = edits[name]
     return build_once(Path(out_root), "evaluate", key, lambda folder: evaluate_edit(
         Path(align.path), Path(encode.path), Path(invert.path), Path(edit.path), Path(render.path), folder,
-        params.encode, progress=False, run_id=_run_id(), align=params.align))
+        params.encode, progress=False, run_id=_run_id(), align=params.align, settings=params.evaluate))
 
 
 def publish(out_root: Path, video_id: str, edit: str, render: Artifact, evaluate: Artifact | None,
@@ -374,19 +374,22 @@ def batch_flow(
     retry_delay_seconds: float = 10.0,
     gpu_slots: int | None = None,
     evaluate: bool = False,
+    faces: str | None = None,
 ) -> list[SummaryRow]:
     """Extract, align, encode, invert, edit and render every video; one bad video fails alone.
 
     `videos` is a folder or a manifest, read again on every run, so a scheduled run picks up new
     videos. Stage outputs are cached by content under `out_root/work`. `evaluate` also decodes each
     edit's per-frame baseline and scores the edit (TL-ID / TG-ID in the summary); without it every
-    frame is decoded once per edit.
+    frame is decoded once per edit. `faces` (`all`, `largest`, `0,2`) replaces `align.faces`.
     """
     out = Path(out_root)
     if not Path(checkpoint).is_file():
         raise InputError(checkpoint, "checkpoint not found")
     # Conventions and crop size follow the checkpoint from the first step (pipeline/params.py).
     params = for_checkpoint(load_params(Path(params_file)), Path(checkpoint), source=params_file)
+    if faces is not None:
+        params = with_faces(params, parse_faces(faces))
     specs = resolve_edits(edits, params)
     # Inline and file specs join the named ones, so every stage finds each edit under its name.
     params = params.model_copy(update={"edits": specs})

@@ -25,10 +25,14 @@ from pipeline.core.errors import DvaError, InputError, ParamsError
 from pipeline.core.hashing import content_key, sha256_file
 from pipeline.editing.driving import MotionInputs, driver_video
 from pipeline.editing.kinds import EditKind, parse_edit
-from pipeline.faces.tracking import NO_FACE
-from pipeline.params import Params, for_checkpoint, load_params, packaged_defaults_file
+from pipeline.faces.face_detection import make_landmark_detector
+from pipeline.faces.identity import identity_encoder_from_params, l2_normalise
+from pipeline.faces.still_faces import encode_still
+from pipeline.faces.tracking import NO_FACE, OK
+from pipeline.params import Params, for_checkpoint, load_params, packaged_defaults_file, parse_faces, with_faces
 from pipeline.runs.artifacts import (
     VIDEO_FILE,
+    Features,
     open_crops,
     read_edit,
     read_features,
@@ -65,9 +69,31 @@ def parse_edit_spec(text: str, params: Params) -> tuple[str, EditKind]:
     return name, parse_edit(raw, "--edit", ONE_OFF)
 
 
+def face_by_photo(photo: Path, video: Path, params: Params, store: WorkStore, progress: bool) -> tuple[int, float]:
+    """The track of `video` whose identity is nearest the face in `photo`, and their cosine similarity.
+
+    Every face of the video is tracked and encoded (cached like any step); a best match below the identity
+    encoder's same-person threshold is an InputError naming the photo.
+    """
+    _, _, encode_dir = prepare_video(video, with_faces(params, "all"), store, progress)
+    features = read_features(encode_dir)
+    encoder = identity_encoder_from_params(params.encode)
+    detector = make_landmark_detector(params.align.backend, params.align.fan_weights, params.align.detector_upsample,
+                                      params.align.detection_threshold)
+    photo_code = encode_still(Path(photo), detector, encoder, params.model.crop_size).identity
+    similarity = {track_id: float(l2_normalise(photo_code) @ code) for track_id, code in features.track_identities.items()}
+    best = max(similarity, key=similarity.get)
+    if similarity[best] < encoder.same_person_similarity:
+        raise InputError(photo, f"no face of {video} is this person: the nearest is track {best}, similarity "
+                         f"{similarity[best]:.3f} < {encoder.same_person_similarity} ({encoder.name}'s same-person "
+                         "threshold)")
+    return best, similarity[best]
+
+
 def edit_one_video(
     video: Path, checkpoint: Path, edit: str, out: Path, params: Params, work: Path, progress: bool = True,
     conventions: Conventions | None = None, evaluate: bool = False, preview: tuple[float, float] | None = None,
+    faces: str | list[int] | None = None, face_photo: Path | None = None,
 ) -> dict | None:
     """Edit `video` with the spec `edit`; writes `out` (mp4) plus side-by-side and sheet beside it.
 
@@ -75,7 +101,8 @@ def edit_one_video(
     params'; `auto` follows the checkpoint (`pipeline/core/conventions.py`). `evaluate` also decodes the
     per-frame baseline, scores the edit and writes `OUT_metrics.json`; returns the metrics (else None).
     `preview` (start, end seconds) edits only a few frames in that time range and writes `OUT_preview.png`
-    instead (:func:`preview_sheet`); returns where and which frames.
+    instead (:func:`preview_sheet`); returns where and which frames. `faces` replaces `align.faces`;
+    `face_photo` edits the one face of the video nearest that photo's (:func:`face_by_photo`).
     """
     video, out = Path(video), Path(out)
     if not Path(checkpoint).is_file():
@@ -83,8 +110,16 @@ def edit_one_video(
     params = for_checkpoint(params, Path(checkpoint), conventions, context=ONE_OFF)
     name, spec = parse_edit_spec(edit, params)
     params = params.model_copy(update={"edits": {name: spec}})
+    if faces is not None:
+        params = with_faces(params, faces)
     video_sha256 = sha256_file(video)
     store = WorkStore(work)
+    chosen = None
+    if face_photo is not None:
+        if not Path(face_photo).is_file():
+            raise InputError(face_photo, "face photo not found")
+        track_id, similarity = face_by_photo(Path(face_photo), video, params, store, progress)
+        params, chosen = with_faces(params, [track_id]), {"track": track_id, "similarity": similarity}
     # A motion edit's driver goes through the same cached steps (first: a bad driver stops before the
     # video's own work); its features are part of the edit's key.
     drivers = {}
@@ -98,7 +133,7 @@ def edit_one_video(
     if preview is not None:
         return preview_sheet(name, params, checkpoint, store, keys, (extract_dir, align_dir, encode_dir),
                              MotionInputs(extract_dir, drivers), preview, Path(f"{out.with_suffix('')}_preview.png"),
-                             progress)
+                             progress) | ({"face_photo": chosen} if chosen else {})
 
     def invert_all(folder: Path) -> None:
         invert_video(checkpoint, align_dir, encode_dir, folder, params.invert, progress, frame_cache=frame_cache)
@@ -117,19 +152,23 @@ def edit_one_video(
         with atomic_output_file(destination) as temporary:
             shutil.copyfile(produced, temporary)
     if not evaluate:
-        return None
+        return {"face_photo": chosen} if chosen else None
     evaluate_dir = store.build_once("evaluate", keys.evaluations[name], lambda d: evaluate_edit(
-        align_dir, encode_dir, invert_dir, edit_dir, render_dir, d, params.encode, progress, align=params.align))
-    metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+        align_dir, encode_dir, invert_dir, edit_dir, render_dir, d, params.encode, progress, align=params.align,
+        settings=params.evaluate))
+    metrics = json.loads((evaluate_dir / "metrics.json").read_text()) | ({"face_photo": chosen} if chosen else {})
     with atomic_output_file(Path(f"{stem}_metrics.json")) as temporary:
         temporary.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def preview_window(status: list[str], times: np.ndarray, seconds: tuple[float, float], count: int) -> np.ndarray:
-    """Up to `count` face frames spread evenly over the frames shown from `seconds[0]` to before `seconds[1]`."""
+def preview_window(features: Features, times: np.ndarray, seconds: tuple[float, float], count: int) -> np.ndarray:
+    """Up to `count` frames with a chosen face, spread evenly over the frames shown from `seconds[0]` to before
+    `seconds[1]`."""
     start, end = seconds
-    shown = [state if start <= time < end else NO_FACE for state, time in zip(status, times)]
+    with_face = np.zeros(len(times), dtype=bool)
+    with_face[features.frame[[state != NO_FACE for state in features.status]]] = True
+    shown = [OK if face and start <= time < end else NO_FACE for face, time in zip(with_face, times)]
     return np.array(sheet_columns(shown, count), dtype=np.int64)
 
 
@@ -144,8 +183,8 @@ def preview_sheet(name: str, params: Params, checkpoint: Path, store: WorkStore,
     frames the preview did not, and its inversion is the same as without a preview.
     """
     extract_dir, align_dir, encode_dir = prepared
-    window = preview_window(read_features(encode_dir).status, read_frame_times(extract_dir)[1], seconds,
-                            params.render.contact_sheet_columns)
+    features = read_features(encode_dir)
+    window = preview_window(features, read_frame_times(extract_dir)[1], seconds, params.render.contact_sheet_columns)
     if len(window) == 0:
         raise InputError(extract_dir.parent.parent, f"no face frames between {seconds[0]} s and {seconds[1]} s")
     with store.lock("invert", keys.invert):  # the lock the whole inversion is built under
@@ -159,8 +198,10 @@ def preview_sheet(name: str, params: Params, checkpoint: Path, store: WorkStore,
         name, params, checkpoint, align_dir, encode_dir, invert_dir, d, baseline=False, progress=progress,
         motion=motion, window=window))
     with atomic_output_file(sheet) as temporary:
+        shown = [[int(row) for row in rows if features.status[row] != NO_FACE and features.frame[row] in window]
+                 for rows in features.tracks.values()]
         write_contact_sheet(temporary, open_crops(align_dir).crops, read_reconstruction(invert_dir),
-                            read_edit(edit_dir).edited, window.tolist())
+                            read_edit(edit_dir).edited, [rows for rows in shown if rows])
     return {"preview": str(sheet), "frames": window.tolist()}
 
 
@@ -212,17 +253,30 @@ def cli(
     frames: str = typer.Option(None, "--frames", help="A preview of frames from START to END seconds (START:END)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also score the edit (TL-ID, TG-ID, identity, landmarks; "
                                   "OUT_metrics.json): decodes the per-frame baseline, a second decode of every frame."),
+    faces: str = typer.Option(None, "--faces", help="Which faces to edit: largest (the params' default: one face, "
+                              "followed), all (every face, one track each), or track ids of `all` such as 0,2."),
+    face_photo: Path = typer.Option(None, "--face-photo", help="Edit the one face of the video that is the person "
+                                    "in this photo (nearest identity; an error when none is the same person)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     if out.suffix.lower() != ".mp4":
         raise DvaError(f"{out}: the output must be an .mp4 file")
+    if faces is not None and face_photo is not None:
+        raise DvaError("--faces and --face-photo both choose faces: give one of them")
     window = parse_frames(frames) if frames is not None else (0.0, float("inf")) if preview else None
     metrics = edit_one_video(video, checkpoint, edit, out, one_off_params(params), work, progress=not quiet,
                              conventions=conventions.value if conventions else None, evaluate=evaluate,
-                             preview=window)
+                             preview=window, faces=parse_faces(faces) if faces is not None else None,
+                             face_photo=face_photo)
+    if quiet:
+        return
+    chosen = (metrics or {}).get("face_photo")
+    if chosen:
+        typer.echo(f"{face_photo}: track {chosen['track']} (identity similarity {chosen['similarity']:.3f})")
     if window is not None:
-        if not quiet:
-            typer.echo(f"{metrics['preview']}: frames {', '.join(map(str, metrics['frames']))}")
-    elif not quiet:
-        typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}" if metrics
-                   else f"{out}: done")
+        typer.echo(f"{metrics['preview']}: frames {', '.join(map(str, metrics['frames']))}")
+    elif metrics and "edit" in metrics:
+        tracks = f", {len(metrics['tracks'])} tracks" if len(metrics.get("tracks", [])) > 1 else ""
+        typer.echo(f"{out}: TL-ID {metrics['edit']['tl_id']:.3f}, TG-ID {metrics['edit']['tg_id']:.3f}{tracks}")
+    else:
+        typer.echo(f"{out}: done")

@@ -1,7 +1,9 @@
 """Fitting linear attribute classifiers in identity-code space (the ``fit_classifiers`` stage).
 
-The classifiers give the edit directions of :func:`pipeline.editing.editing.classifier_edit`. Inputs are a label
-table (CelebA ``list_attr_celeba.txt`` or CSV/Parquet) and the identity embeddings of its images.
+The classifiers give the edit directions of :func:`pipeline.editing.editing.classifier_edit`. Inputs are 0/1
+labels and the identity embeddings they belong to: a label table (CelebA ``list_attr_celeba.txt`` or
+CSV/Parquet) and the codes of its images, or labels measured from the landmarks of the pipeline's own aligned
+video faces (:mod:`pipeline.faces.landmark_attributes`) and the codes of those faces.
 """
 
 from __future__ import annotations
@@ -146,6 +148,43 @@ def _holdout_split(labels: np.ndarray, fraction: float, rng: np.random.Generator
     return train_idx, held_idx
 
 
+def _group_folds(groups: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """The fold (0..folds-1) of every row: whole groups, shuffled, dealt to the folds in turn."""
+    keys, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    if len(keys) < 2:
+        raise ValueError(f"cross-validation needs at least 2 groups of rows; got {len(keys)}")
+    fold_of_group = np.empty(len(keys), dtype=np.int64)
+    fold_of_group[rng.permutation(len(keys))] = np.arange(len(keys)) % min(folds, len(keys))
+    return fold_of_group[inverse.reshape(-1)]
+
+
+def _train_linear(x: torch.Tensor, t: torch.Tensor, epochs: int, lr: float, weight_decay: float) -> torch.nn.Linear:
+    """Full-batch Adam on BCE-with-logits from a zero start (deterministic given the rows)."""
+    linear = torch.nn.Linear(x.shape[1], t.shape[1]).to(x.device)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    groups = [{"params": [linear.weight], "weight_decay": weight_decay}, {"params": [linear.bias]}]
+    opt = torch.optim.Adam(groups, lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss_fn(linear(x), t).backward()
+        opt.step()
+    return linear
+
+
+def _aucs(scores: torch.Tensor, targets: torch.Tensor, attributes: list[str]) -> dict[str, float]:
+    """AUC of each attribute's scores; NaN where the rows hold one class only."""
+    aucs: dict[str, float] = {}
+    for j, name in enumerate(attributes):
+        target = targets[:, j]
+        if target.min() == target.max():
+            aucs[name] = float("nan")
+        else:
+            aucs[name] = float(binary_auroc(scores[:, j], target.long()))
+    return aucs
+
+
 def fit_attribute_classifiers(
     embeddings: np.ndarray,
     labels: pd.DataFrame,
@@ -155,15 +194,23 @@ def fit_attribute_classifiers(
     lr: float = 0.05,
     weight_decay: float = 1e-4,
     device: str | torch.device = "cpu",
+    groups: np.ndarray | None = None,
 ) -> tuple[AttributeClassifier, dict[str, float]]:
     """Fit ``Linear(D -> A)`` attribute classifiers on standardised identity codes; return it and held-out AUCs.
 
     ``embeddings`` (N, D) and ``labels`` (N rows, one 0/1 column per attribute; an ``image`` column is
     ignored) correspond row by row. Codes are standardised with the mean/std of the WHOLE set (the
     reference used one batch). Training is full-batch Adam on BCE-with-logits from a zero start, so the
-    result depends only on ``seed``, which fixes the held-out split. A small weight decay keeps the
+    result depends only on ``seed``, which fixes the held-out rows. A small weight decay keeps the
     weights finite when an attribute is linearly separable. The AUC of an attribute whose held-out rows
     are all one class is NaN.
+
+    Without ``groups`` (independent images) a stratified ``holdout_fraction`` of the rows is held out and
+    the classifier is the one fitted on the rest. With ``groups`` (N,) the rows are not independent (video
+    frames: neighbours are near copies, and a random split would score a classifier on copies of its
+    training rows), so rows of one group are never split: the AUC is cross-validated over
+    ``round(1 / holdout_fraction)`` folds of whole groups (every row scored once, by the classifier fitted
+    without its group), and the classifier returned is fitted on every row.
     """
     emb = np.asarray(embeddings, dtype=np.float64)
     attr_frame = labels.drop(columns=[IMAGE_COLUMN], errors="ignore")
@@ -172,6 +219,8 @@ def fit_attribute_classifiers(
         raise ValueError(f"embeddings must be 2-D (N, D); got shape {emb.shape}")
     if len(attr_frame) != emb.shape[0]:
         raise ValueError(f"{emb.shape[0]} embeddings but {len(attr_frame)} label rows")
+    if groups is not None and np.shape(groups) != (emb.shape[0],):
+        raise ValueError(f"groups must be ({emb.shape[0]},), one per embedding; got {np.shape(groups)}")
     if not attributes:
         raise ValueError("the label table has no attribute columns")
     if not 0.0 < holdout_fraction < 1.0:
@@ -188,32 +237,25 @@ def fit_attribute_classifiers(
     std = emb.std(axis=0)
     # A constant dimension carries no information; std 1 keeps norm/denorm well defined.
     std = np.where(std > 1e-12, std, 1.0)
-    x_all = (emb - mean) / std
-
-    train_idx, held_idx = _holdout_split(y, holdout_fraction, np.random.default_rng(seed))
-    x = torch.as_tensor(x_all, dtype=torch.float32, device=device)
+    x = torch.as_tensor((emb - mean) / std, dtype=torch.float32, device=device)
     t = torch.as_tensor(y, dtype=torch.float32, device=device)
-    linear = torch.nn.Linear(emb.shape[1], len(attributes)).to(device)
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    groups = [{"params": [linear.weight], "weight_decay": weight_decay}, {"params": [linear.bias]}]
-    opt = torch.optim.Adam(groups, lr=lr)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    x_train, t_train = x[train_idx], t[train_idx]
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss_fn(linear(x_train), t_train).backward()
-        opt.step()
+    rng = np.random.default_rng(seed)
 
-    aucs: dict[str, float] = {}
-    with torch.no_grad():
-        scores = linear(x[held_idx])
-    for j, name in enumerate(attributes):
-        held_y = t[held_idx, j]
-        if held_y.min() == held_y.max():
-            aucs[name] = float("nan")
-        else:
-            aucs[name] = float(binary_auroc(scores[:, j], held_y.long()))
+    if groups is None:
+        train_idx, held_idx = _holdout_split(y, holdout_fraction, rng)
+        linear = _train_linear(x[train_idx], t[train_idx], epochs, lr, weight_decay)
+        with torch.no_grad():
+            aucs = _aucs(linear(x[held_idx]), t[held_idx], attributes)
+    else:
+        fold = torch.as_tensor(_group_folds(groups, round(1 / holdout_fraction), rng), device=device)
+        scores = torch.empty_like(t)
+        for k in torch.unique(fold).tolist():
+            held = fold == k
+            fold_linear = _train_linear(x[~held], t[~held], epochs, lr, weight_decay)
+            with torch.no_grad():
+                scores[held] = fold_linear(x[held])
+        aucs = _aucs(scores, t, attributes)
+        linear = _train_linear(x, t, epochs, lr, weight_decay)
 
     clf = AttributeClassifier(
         attributes=attributes,

@@ -33,6 +33,9 @@ class IdentityEncoder(Protocol):
     weights: dict[str, str]
     weight_files: dict[str, Path]
 
+    # Cosine similarity of two codes above which the encoder calls them one person (re-identification).
+    same_person_similarity: float
+
     def embed(self, crops: np.ndarray, crop_landmarks: np.ndarray) -> np.ndarray:
         """L2-normalised identity codes (B, dim) of uint8 crops (B, R, R, 3)."""
 
@@ -53,6 +56,10 @@ class DlibIdentityEncoder:
 
     name = "dlib"
     dim = 128
+    # dlib's documented same-person rule is a Euclidean distance below 0.6 between raw descriptors; their norms
+    # are about 1.5 (1.36-1.59 on the faces of `dva sample --group`), so on unit codes a cosine above
+    # 1 - 0.6^2 / (2 * 1.5^2) = 0.92.
+    same_person_similarity = 0.92
 
     def __init__(self) -> None:
         import dlib
@@ -82,6 +89,9 @@ class ArcFaceIdentityEncoder:
 
     name = "arcface"
     dim = 512
+    # Angular-margin codes of different people stay far apart: at most 0.35 between five people of one photo
+    # (py-feat's ArcFace R50 check) and about 0.5 used for verification; 0.4 lies between.
+    same_person_similarity = 0.4
 
     def __init__(self, weights_path: str | None) -> None:
         import onnxruntime
@@ -109,6 +119,8 @@ class IRSE50IdentityEncoder:
 
     name = "irse50"
     dim = 512
+    # IR-SE50 is trained with the ArcFace loss too: the same threshold as ArcFace's.
+    same_person_similarity = 0.4
 
     def __init__(self, weights_path: str | None, device: str = "cpu") -> None:
         from pipeline.faces.networks.face_encoder import CropNetwork

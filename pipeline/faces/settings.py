@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.core.config import Section, WeightsPath
 
@@ -16,8 +16,14 @@ class AlignParams(Section):
     fan_weights: WeightsPath | None = None
     detector_upsample: int = Field(default=1, ge=0, le=4)
     detection_threshold: float = 0.5
+    # Which faces become tracks: `largest` follows one face (the `face_index`-th largest at its first detection,
+    # then the nearest detection: the single-face tracker, today's results unchanged); `all` links every face
+    # into tracks (pipeline/faces/track_linking.py); a list keeps those track ids of `all`.
+    faces: Literal["largest", "all"] | list[int] = "largest"
     face_index: int = Field(default=0, ge=0)
     max_gap: int = Field(default=5, ge=0)
+    # With several faces: tracks detected in fewer frames are dropped (a one-off false detection is no person).
+    min_track_frames: int = Field(default=3, ge=1)
     smooth_center_sigma: float = Field(default=1.0, ge=0)
     smooth_vector_sigma: float = Field(default=3.0, ge=0)
     # Edges of that smoothing (scipy.ndimage modes) at the ends of each run of frames with a face. `nearest`
@@ -39,6 +45,20 @@ class AlignParams(Section):
     # BiSeNet weights (e.g. an imported reference model): face masks from parsing (the reference's video
     # foreground) instead of the landmark outline.
     parsing_weights: WeightsPath | None = None
+
+    @field_validator("faces")
+    @classmethod
+    def _track_ids(cls, value: str | list[int]) -> str | list[int]:
+        if isinstance(value, list):
+            if not value or min(value) < 0 or len(set(value)) != len(value):
+                raise ValueError("a list of faces must name distinct track ids >= 0 (or use `all` / `largest`)")
+            return sorted(value)
+        return value
+
+    @property
+    def several_faces(self) -> bool:
+        """Whether faces are linked into tracks (`all` or chosen ids) rather than one face followed."""
+        return self.faces != "largest"
 
 
 class EncodeParams(Section):

@@ -49,11 +49,15 @@ class InvertParams(InferenceSettings):
         return self.build_sampler(DDIMScheduler()).config()
 
     def identity_code(self, features: Features) -> np.ndarray:
-        """The video's identity code under :attr:`video_identity`, from its encode features."""
+        """The video's identity code under :attr:`video_identity`, from its encode features (of one track)."""
         if self.video_identity == "normalised_mean":
             return features.video_identity
         faces = np.array([state != NO_FACE for state in features.status])
         return features.identities[faces].mean(axis=0).astype(np.float32)
+
+    def track_identity_codes(self, features: Features) -> dict[int, np.ndarray]:
+        """Each track's identity code under :attr:`video_identity`: every track is inverted with its own."""
+        return {track_id: self.identity_code(features.for_track(track_id)) for track_id in features.tracks}
 
     def build_sampler(self, scheduler: DDIMScheduler) -> Sampler:
         """The sampler these settings describe, over a model's scheduler."""

@@ -54,6 +54,7 @@ METRIC_LABELS = {
     "edit_error": "landmark error of the edit",
     "reconstruction_error": "landmark error of the reconstruction",
     "error_ratio": "landmark error ratio, edit / reconstruction",
+    "reid_rate": "re-identification rate (frames still the source person)",
 }
 # Index columns: (heading, section, key) of metrics.json.
 HEADLINE = (
@@ -184,12 +185,29 @@ def metrics_tables(metrics: dict) -> str:
         for key in shared)
     head = "".join(f"<th>{name}</th>" for name in decodes)
     identity = (f'<table class="metrics"><tr><th>identity</th>{head}</tr>{rows}</table>' if shared else "")
-    rest = [(key, value) for key, value in _flatten("", metrics)
+    rest = [(key, value) for key, value in _flatten("", {k: v for k, v in metrics.items() if k != "tracks"})
             if not (key.split(".")[0] in decodes and key.count(".") == 1 and key.split(".")[1] in shared)]
     other = "".join(
         f"<tr><th>{html.escape(key)}</th><td>{html.escape(METRIC_LABELS.get(key.rsplit('.', 1)[-1], ''))}</td>"
         f"<td>{_number(value)}</td></tr>" for key, value in rest)
-    return identity + f'<table class="metrics"><tr><th>figure</th><th>meaning</th><th>value</th></tr>{other}</table>'
+    return (identity + track_table(metrics.get("tracks") or [])
+            + f'<table class="metrics"><tr><th>figure</th><th>meaning</th><th>value</th></tr>{other}</table>')
+
+
+TRACK_FIGURES = ("tl_id", "tg_id", "id_sim_source", "reid_rate")
+
+
+def track_table(tracks: list[dict]) -> str:
+    """One row per face track (evaluate's `tracks`): its frames and the edit's figures; empty for one face."""
+    if len(tracks) < 2:
+        return ""
+    head = "".join(f"<th>{html.escape(METRIC_LABELS.get(key, key))}</th>" for key in TRACK_FIGURES)
+    rows = "".join(
+        f"<tr><th>{_number(entry.get('track'))}</th><td>{_number(entry.get('frames'))}</td>"
+        f"<td>{'yes' if entry.get('edited', True) else 'no'}</td>"
+        + "".join(f"<td>{_number(entry.get('edit', {}).get(key, '-'))}</td>" for key in TRACK_FIGURES) + "</tr>"
+        for entry in tracks)
+    return (f'<table class="metrics"><tr><th>track</th><th>frames</th><th>edited</th>{head}</tr>{rows}</table>')
 
 
 def frame_plots(evaluate: Path) -> list[str]:
@@ -200,6 +218,8 @@ def frame_plots(evaluate: Path) -> list[str]:
         table = pd.read_csv(path)
         if "frame" not in table.columns:
             continue
+        if "track" in table.columns:  # several faces: each frame's mean over them
+            table = table.drop(columns="track").groupby("frame", as_index=False).mean(numeric_only=True)
         numeric = [name for name in table.columns if name != "frame" and pd.api.types.is_numeric_dtype(table[name])]
         series = {name: table[name].to_numpy(dtype=np.float64).tolist() for name in numeric}
         plots.append(line_plot(PLOT_TITLES.get(path.name, path.name), table["frame"].tolist(), series))

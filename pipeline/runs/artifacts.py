@@ -67,24 +67,52 @@ def read_frame_times(extract_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return table.column("pts").to_numpy(), table.column("time").to_numpy().astype(np.float64)
 
 
+def track_rows(track: np.ndarray) -> dict[int, np.ndarray]:
+    """The rows of each track id, in the order the tracks appear (one row per frame of the video each)."""
+    track = np.asarray(track)
+    ids = list(dict.fromkeys(track.tolist()))
+    return {int(track_id): np.flatnonzero(track == track_id) for track_id in ids}
+
+
+def _track_columns(table) -> tuple[np.ndarray, np.ndarray]:
+    # Tables written before tracks existed hold one face: track 0, one row per frame.
+    count = table.num_rows
+    track = table.column("track").to_numpy() if "track" in table.column_names else np.zeros(count, dtype=np.int32)
+    frame = table.column("index").to_numpy() if "index" in table.column_names else np.arange(count)
+    return track.astype(np.int64), frame.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Alignment:
-    """Per-frame results of `dva align`."""
+    """Per-face results of `dva align`: one row per track and frame (rows of a track are consecutive).
+
+    A video with one chosen face (`align.faces: largest`) has one row per frame, track 0.
+    """
 
     status: list[str]  # ok / interpolated / no_face
-    crop_landmarks: np.ndarray  # (N, 68, 2) in crop pixels
-    transforms: np.ndarray  # (N, 2, 3) frame -> crop affine; NaN where no face
+    crop_landmarks: np.ndarray  # (rows, 68, 2) in crop pixels
+    transforms: np.ndarray  # (rows, 2, 3) frame -> crop affine; NaN where no face
     metadata: dict
+    track: np.ndarray  # (rows,) track id
+    frame: np.ndarray  # (rows,) frame index in the video
+
+    @property
+    def tracks(self) -> dict[int, np.ndarray]:
+        """Rows of each track."""
+        return track_rows(self.track)
 
 
 def read_alignment(align_dir: Path) -> Alignment:
     """The align table of an align output."""
     table, metadata = read_table(require_artifact(align_dir, (ALIGN_TABLE_FILE,), "align") / ALIGN_TABLE_FILE)
+    track, frame = _track_columns(table)
     return Alignment(
         status=table.column("status").to_pylist(),
         crop_landmarks=column_matrix(table, "crop_landmarks").reshape(-1, 68, 2),
         transforms=column_matrix(table, "transform").reshape(-1, 2, 3),
         metadata=metadata,
+        track=track,
+        frame=frame,
     )
 
 
@@ -104,24 +132,52 @@ def open_crops(align_dir: Path) -> AlignedCrops:
 
 @dataclass(frozen=True)
 class Features:
-    """Per-frame codes of `dva encode`."""
+    """Per-face codes of `dva encode`, one row per row of the align table."""
 
     status: list[str]
-    identities: np.ndarray  # (N, D) L2-normalised identity codes
-    landmarks: np.ndarray  # (N, 102) motion codes
-    video_identity: np.ndarray  # (D,) L2-normalised mean over the ok frames
+    identities: np.ndarray  # (rows, D) L2-normalised identity codes
+    landmarks: np.ndarray  # (rows, 102) motion codes
+    video_identity: np.ndarray  # (D,) L2-normalised mean over the ok frames of the first track
     metadata: dict
+    track: np.ndarray  # (rows,) track id
+    frame: np.ndarray  # (rows,) frame index in the video
+    track_identities: dict[int, np.ndarray]  # track id -> (D,) L2-normalised mean over its ok frames
+
+    @property
+    def tracks(self) -> dict[int, np.ndarray]:
+        """Rows of each track."""
+        return track_rows(self.track)
+
+    def for_track(self, track_id: int) -> Features:
+        """The rows of one track (one per frame of the video), with that track's identity as the video's."""
+        rows = self.tracks[track_id]
+        return Features(
+            status=[self.status[row] for row in rows],
+            identities=self.identities[rows],
+            landmarks=self.landmarks[rows],
+            video_identity=self.track_identities[track_id],
+            metadata=self.metadata,
+            track=self.track[rows],
+            frame=self.frame[rows],
+            track_identities={track_id: self.track_identities[track_id]},
+        )
 
 
 def read_features(encode_dir: Path) -> Features:
     """The features table of an encode output."""
     table, metadata = read_table(require_artifact(encode_dir, (FEATURES_FILE,), "encode") / FEATURES_FILE)
+    track, frame = _track_columns(table)
+    video_identity = np.asarray(metadata["video_identity"], dtype=np.float32)
+    stored = metadata.get("track_identities", {str(int(track[0])) if len(track) else "0": metadata["video_identity"]})
     return Features(
         status=table.column("status").to_pylist(),
         identities=column_matrix(table, "identity").astype(np.float32),
         landmarks=column_matrix(table, "landmark_feature").astype(np.float32),
-        video_identity=np.asarray(metadata["video_identity"], dtype=np.float32),
+        video_identity=video_identity,
         metadata=metadata,
+        track=track,
+        frame=frame,
+        track_identities={int(key): np.asarray(value, dtype=np.float32) for key, value in stored.items()},
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import field_validator
 
 from pipeline.core.config import Section
 from pipeline.editing.driving import MotionInputs
@@ -49,6 +50,7 @@ class IdentityContext:
     encode: EncodeParams
     edit: EditParams
     progress: bool
+    track: int = 0  # the face's track id (align.faces): kinds that draw at random draw per person
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,16 @@ class EditKind(Section):
     """Base of every edit kind's schema; `pipeline/editing/kinds/__init__.py` lists the kinds."""
 
     kind: str
+    # The track ids (align.faces) this edit changes; the other faces stay the source. null: every chosen face.
+    # Only an edit's top level chooses: the parts of a composed edit follow it.
+    tracks: list[int] | None = None
+
+    @field_validator("tracks")
+    @classmethod
+    def _track_ids(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 0 or len(set(value)) != len(value)):
+            raise ValueError("`tracks` lists distinct track ids >= 0 (leave it out to edit every chosen face)")
+        return value
 
     @abstractmethod
     def identity_edit(self, context: IdentityContext) -> tuple[IdentityEdit, dict]:

@@ -39,7 +39,9 @@ class MotionEdit(EditKind):
     def motion_codes(self, context: MotionContext) -> tuple[np.ndarray, dict]:
         inputs = require_motion_inputs(context.inputs, context.name, self.kind)
         driver = inputs.drivers[context.name]
-        features = read_features(driver.encode)
+        # A driver with several tracks drives with its first (the face largest at its first appearance).
+        all_features = read_features(driver.encode)
+        features = all_features.for_track(next(iter(all_features.tracks)))
         theirs = features.metadata.get("landmark_feature_backend")
         if theirs != context.landmark_backend:
             raise DriverError(driver.source, f"landmark features by {theirs}, the edited video's by "

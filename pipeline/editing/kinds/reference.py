@@ -35,7 +35,9 @@ class ReferenceEdit(EditKind):
     def identity_edit(self, context: IdentityContext) -> tuple[IdentityEdit, dict]:
         if self.away:
             own = context.video_identity
-            return (lambda z: reference_edit(z, own, self.strength, away=True, seed=self.seed)), {}
+            # One direction per person (seed + track id): several anonymised faces do not converge on one face.
+            seed = self.seed + context.track
+            return (lambda z: reference_edit(z, own, self.strength, away=True, seed=seed)), {"seed": seed}
         align = context.align
         detector = make_landmark_detector(align.backend, align.fan_weights, align.detector_upsample,
                                           align.detection_threshold)
