@@ -247,6 +247,6 @@ def test_evaluate_reports_identity_consistency_and_background(audio_run, tmp_pat
     assert metrics["edit"]["background_psnr"] >= 40
     assert metrics["edit"]["code_cosine_to_source"] == pytest.approx(2**-0.5, abs=1e-5)
     plot = pd.read_csv(out / PLOT_FILE)
-    assert list(plot.columns) == ["frame", "reconstruction", "edit", "baseline"]
+    assert list(plot.columns) == ["frame", "track", "reconstruction", "edit", "baseline"]
     assert plot["frame"].tolist() == faces.tolist()
     assert plot[["reconstruction", "edit", "baseline"]].abs().le(1 + 1e-6).all().all()  # cosines

@@ -43,11 +43,22 @@ def _same_inversion(first, second):
 def test_preview_window_spreads_the_sheet_columns_over_the_face_frames_in_range():
     from workflows.one_off import preview_window
 
-    status = ["detected"] * 10 + ["no_face"] * 2 + ["detected"] * 8
+    with_face = np.array([True] * 10 + [False] * 2 + [True] * 8)
     times = np.arange(20) / 10
-    np.testing.assert_array_equal(preview_window(status, times, (0, float("inf")), 4), [0, 6, 13, 19])
-    np.testing.assert_array_equal(preview_window(status, times, (0.5, 1.3), 8), [5, 6, 7, 8, 9, 12])
-    assert len(preview_window(status, times, (1.0, 1.2), 8)) == 0
+    np.testing.assert_array_equal(preview_window(with_face, times, (0, float("inf")), 4), [0, 6, 13, 19])
+    np.testing.assert_array_equal(preview_window(with_face, times, (0.5, 1.3), 8), [5, 6, 7, 8, 9, 12])
+    assert len(preview_window(with_face, times, (1.0, 1.2), 8)) == 0
+
+
+def test_a_frame_has_a_face_when_any_track_has_one_there():
+    from pipeline.runs.artifacts import Features
+    from workflows.one_off import frames_with_faces
+
+    # Two tracks of four frames: the first has a face in frames 0-1, the second in frame 3.
+    status = ["ok", "interpolated", "no_face", "no_face", "no_face", "no_face", "no_face", "ok"]
+    features = Features(status, np.zeros((8, 2)), np.zeros((8, 102)), np.zeros(2), {},
+                        np.repeat([0, 1], 4), np.tile(np.arange(4), 2), {0: np.zeros(2), 1: np.zeros(2)})
+    np.testing.assert_array_equal(frames_with_faces(features, 4), [True, True, False, True])
 
 
 @pytest.mark.parametrize("text", ["3", "a:b", "2:1", "1:1"])

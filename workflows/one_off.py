@@ -162,12 +162,17 @@ def edit_one_video(
     return metrics
 
 
-def preview_window(features: Features, times: np.ndarray, seconds: tuple[float, float], count: int) -> np.ndarray:
-    """Up to `count` frames with a chosen face, spread evenly over the frames shown from `seconds[0]` to before
-    `seconds[1]`."""
-    start, end = seconds
-    with_face = np.zeros(len(times), dtype=bool)
+def frames_with_faces(features: Features, frame_count: int) -> np.ndarray:
+    """(frame_count,) bool: the frames where at least one chosen face is (detected or interpolated)."""
+    with_face = np.zeros(frame_count, dtype=bool)
     with_face[features.frame[[state != NO_FACE for state in features.status]]] = True
+    return with_face
+
+
+def preview_window(with_face: np.ndarray, times: np.ndarray, seconds: tuple[float, float], count: int) -> np.ndarray:
+    """Up to `count` frames with a face (`with_face`, per frame), spread evenly over the frames shown from
+    `seconds[0]` to before `seconds[1]`."""
+    start, end = seconds
     shown = [OK if face and start <= time < end else NO_FACE for face, time in zip(with_face, times)]
     return np.array(sheet_columns(shown, count), dtype=np.int64)
 
@@ -183,8 +188,9 @@ def preview_sheet(name: str, params: Params, checkpoint: Path, store: WorkStore,
     frames the preview did not, and its inversion is the same as without a preview.
     """
     extract_dir, align_dir, encode_dir = prepared
-    features = read_features(encode_dir)
-    window = preview_window(features, read_frame_times(extract_dir)[1], seconds, params.render.contact_sheet_columns)
+    features, times = read_features(encode_dir), read_frame_times(extract_dir)[1]
+    window = preview_window(frames_with_faces(features, len(times)), times, seconds,
+                            params.render.contact_sheet_columns)
     if len(window) == 0:
         raise InputError(extract_dir.parent.parent, f"no face frames between {seconds[0]} s and {seconds[1]} s")
     with store.lock("invert", keys.invert):  # the lock the whole inversion is built under
