@@ -108,6 +108,21 @@ def _cases(root: Path, sample: Path, tools) -> dict[str, CliCase]:
             [edit_params.name, "edits.open", problem],
             out(name),
         )
+    # Faces chosen that the video does not have: one line naming the video's extract and the track.
+    extract_video(sample, root / "sample_extract", max_frames=4, progress=False)
+    faces_params = root / "faces_params.yaml"
+    faces_params.write_text("align:\n  faces: [7]\n")
+    cases["faces_unknown_track"] = CliCase(
+        ["align", str(root / "sample_extract"), str(out("faces_unknown_track")), "--params", str(faces_params)],
+        ["sample_extract", "track 7"],
+        out("faces_unknown_track"),
+    )
+    cases["faces_option_not_ids"] = CliCase(
+        ["edit", str(sample), "--checkpoint", str(root / "none.safetensors"), "--edit", "anonymise", "--faces", "0,x",
+         "--out", str(out("faces_option_not_ids") / "o.mp4")],
+        ["--faces '0,x'"],
+        out("faces_option_not_ids"),
+    )
     return cases
 
 
@@ -136,6 +151,8 @@ CASE_NAMES = [
     "unknown_section",
     "keyframes_not_increasing",
     "unknown_expression",
+    "faces_unknown_track",
+    "faces_option_not_ids",
 ]
 # Cases also run through the installed console script in a separate process. Each `dva` start
 # costs several CPU-seconds of imports (torch, via the train stage), so every case runs through
