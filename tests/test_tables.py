@@ -53,6 +53,7 @@ def test_align_parquet_schema(sample_run):
     path = sample_run.align / "align.parquet"
     schema = pq.read_schema(path)
     expected = {
+        "track": pa.int32(),
         "index": pa.int32(),
         "status": pa.string(),
         "score": pa.float32(),
@@ -108,6 +109,7 @@ def test_features_parquet_schema(sample_run):
     dim = metadata["identity_dim"]
     assert dim == 128  # dlib backend
     expected = {
+        "track": pa.int32(),
         "index": pa.int32(),
         "status": pa.string(),
         "identity": fixed_list(pa.float32(), dim),

@@ -36,8 +36,10 @@ def make_task_runner(runner: str, address: str | None, workers: int):
 
         if address:
             return DaskTaskRunner(address=address)
+        # Port 0: any free port for the scheduler's HTTP server (None still binds Dask's default 8787, and a second
+        # cluster on the machine then warns on the terminal that the port is taken).
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None})
+                                              "dashboard_address": ":0"})
     raise DvaError(f"--runner {runner!r}: choose one of {', '.join(RUNNERS)}")
 
 
