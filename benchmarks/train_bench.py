@@ -8,7 +8,10 @@ crops (throughput does not depend on image content). Each configuration is one t
 pipeline/model/training.train runs it (sampling, the disentangle loss, backward, gradient all-reduce under
 DDP, clipping, Adam, EMA), in fresh processes started like the train stage starts them (spawn, gloo).
 Configurations run interleaved, `--repeats` rounds, so machine load affects them alike; the table gives
-the median images/s of the timed steps (after `--warmup` steps) and its ratio to 1 process x 2 threads.
+the median images/s of the timed steps (after `--warmup` steps) and its ratio to 1 process x 2 threads, and the
+CPU seconds per image of all processes together (what the configuration costs, whoever else uses the cores),
+with the load averages around each configuration's runs: wall figures taken under load do not compare with
+figures from an idle machine, CPU figures nearly do.
 """
 
 from __future__ import annotations
@@ -76,9 +79,9 @@ def _worker(rank: int, world: int, threads: int, store: str, config: tuple, step
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = DDIMScheduler()
     generator = torch.Generator().manual_seed(0)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         batch = sample_batch(clips, VIDEOS, FRAMES, generator)
         size = batch.images.shape[0]
         t = torch.randint(scheduler.num_train_timesteps, (size,), generator=generator)
@@ -95,19 +98,21 @@ def _worker(rank: int, world: int, threads: int, store: str, config: tuple, step
         optimizer.step()
         ema.update(model)
         times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
     if world > 1:
         torch.distributed.destroy_process_group()
-    if rank == 0:
-        Path(out).write_text(json.dumps(times))
+    Path(f"{out}.{rank}").write_text(json.dumps({"wall": times, "cpu": cpu_times}))
 
 
-def measure(config: tuple, steps: int) -> list[float]:
-    """Seconds of each of `steps` training steps of one configuration, in fresh processes."""
+def measure(config: tuple, steps: int) -> tuple[list[float], list[float]]:
+    """Wall seconds (rank 0) and CPU seconds (all processes) of each of `steps` training steps of one
+    configuration, in fresh processes."""
     processes, threads = config[:2]
     with tempfile.TemporaryDirectory() as folder:
         out = f"{folder}/times.json"
         mp.spawn(_worker, args=(processes, threads, f"file://{folder}/store", config, steps, out), nprocs=processes)
-        return json.loads(Path(out).read_text())
+        ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(processes)]
+        return ranks[0]["wall"], [sum(step) for step in zip(*(record["cpu"] for record in ranks))]
 
 
 def name(config: tuple) -> str:
@@ -126,18 +131,27 @@ def main() -> None:
     args = parser.parse_args()
     configs = CONFIGS + (COMPILED if args.compile else [])
     samples: dict[str, list[float]] = {name(config): [] for config in configs}
+    cpu: dict[str, list[float]] = {name(config): [] for config in configs}
+    loads: dict[str, list[float]] = {name(config): [] for config in configs}
     for round_index in range(args.repeats):
         for config in configs:
-            times = measure(config, args.warmup + args.steps)[args.warmup:]
-            samples[name(config)] += [VIDEOS * FRAMES / seconds for seconds in times]
+            loads[name(config)].append(os.getloadavg()[0])
+            wall, cpu_s = (times[args.warmup:] for times in measure(config, args.warmup + args.steps))
+            loads[name(config)].append(os.getloadavg()[0])
+            samples[name(config)] += [VIDEOS * FRAMES / seconds for seconds in wall]
+            cpu[name(config)] += [seconds / (VIDEOS * FRAMES) for seconds in cpu_s]
             print(f"round {round_index + 1}: {name(config)}: {statistics.median(samples[name(config)]):.1f} "
-                  "images/s so far", file=sys.stderr)
+                  f"images/s so far (load {loads[name(config)][-1]:.1f})", file=sys.stderr)
     base = statistics.median(samples[name(configs[0])])
     rows = [{"config": key, "images_per_s": statistics.median(values), "ratio": statistics.median(values) / base,
-             "min": min(values), "max": max(values), "steps": len(values)} for key, values in samples.items()]
-    print(f"{'configuration':38s} {'images/s':>9s} {'ratio':>6s} {'min':>6s} {'max':>6s}")
+             "min": min(values), "max": max(values), "steps": len(values),
+             "cpu_s_per_image": statistics.median(cpu[key]), "load_1min": [min(loads[key]), max(loads[key])]}
+            for key, values in samples.items()]
+    print(f"{'configuration':38s} {'images/s':>9s} {'ratio':>6s} {'min':>6s} {'max':>6s} {'CPU s/img':>9s} "
+          f"{'load':>9s}")
     for row in rows:
-        print(f"{row['config']:38s} {row['images_per_s']:9.1f} {row['ratio']:6.2f} {row['min']:6.1f} {row['max']:6.1f}")
+        print(f"{row['config']:38s} {row['images_per_s']:9.1f} {row['ratio']:6.2f} {row['min']:6.1f} "
+              f"{row['max']:6.1f} {row['cpu_s_per_image']:9.2f} {row['load_1min'][0]:4.1f}-{row['load_1min'][1]:<4.1f}")
     result = {
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
