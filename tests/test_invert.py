@@ -207,7 +207,8 @@ def test_the_video_identity_rules():
     codes = np.array([[1, 0], [0, 1], [0.6, 0.8], [0, 0]], dtype=np.float32)
     status = ["ok", "ok", "interpolated", NO_FACE]
     encoded = np.array([0.70710677, 0.70710677], dtype=np.float32)  # encode's: normalised mean of the ok frames
-    features = Features(status, codes, np.zeros((4, 102), np.float32), encoded, {})
+    features = Features(status, codes, np.zeros((4, 102), np.float32), encoded, {}, np.zeros(4, np.int64),
+                        np.arange(4), {0: encoded})
     np.testing.assert_array_equal(InvertParams().identity_code(features), encoded)
     # The reference's avg_cond: the plain mean over every face frame, |.| = 0.85, not re-normalised.
     np.testing.assert_allclose(InvertParams(video_identity="raw_mean").identity_code(features), [1.6 / 3, 1.8 / 3])
