@@ -1,12 +1,17 @@
 """How `dva batch` scales on a local Dask cluster, and what evaluation on demand saves per edit.
 
-Run: `python benchmarks/batch_scale_bench.py [--sizes 10 30 100] [--frames 3] [--steps 3] [--workers 2]
-[--checkpoint PATH] [--out benchmarks/results/batch_scale.json]`.
+Run: `python benchmarks/batch_scale_bench.py [--sizes 10 30 100] [--frames 8] [--steps 3] [--workers 2]
+[--checkpoint PATH] [--no-saving] [--out benchmarks/results/batch_scale_cpu.json]`.
 
-Scale: N distinct short clips cut from the bundled sample (clip i starts at frame i) go through
-`dva batch --runner dask --quiet` (one edit, no evaluation) into a fresh output folder per size, as a
-separate process. Reported per size: wall time, wall time per video, and peak memory of the whole process
-tree (the `dva` process, the temporary Prefect server and the Dask workers), sampled every 0.2 s.
+Scale: N distinct short clips cut from the bundled sample (clip i starts at frame i, every clip holds
+faces) go through `dva batch --runner dask --quiet` (one edit, no evaluation) into a fresh output folder
+and a fresh Prefect home per size (every size pays the same start-up: the temporary Prefect server and
+its database, the local Dask cluster), as a separate process. Reported per size: wall time, wall time per
+video, the marginal time per video against the previous size (the fixed start-up cancels out), and peak
+memory of the whole process tree (the `dva` process, the temporary Prefect server and the Dask workers;
+resident sizes summed, so pages shared between processes count once per process), sampled every 0.2 s.
+Each run must publish every clip's edit (summary.csv: N rows, none failed). The load average of the
+machine before and after each run is recorded: other work on the machine slows every figure.
 
 Saving: one clip's edit decoded with its per-frame baseline (what every edit paid before evaluation
 became optional) against without it, and the evaluate step that only `--evaluate` runs; median of
@@ -19,8 +24,10 @@ Without `--checkpoint` a micro model (the test suite's size: 16 base channels, 6
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 EDIT = {"anonymise": {"kind": "reference", "away": True, "strength": 0.8}}
+# `--quiet` should print the summary table alone (rich draws it with these box characters); any other line is
+# kept in the results, the first few of them.
+SUMMARY_TABLE_CHARACTERS = tuple("┏┃┡│└")
+MAX_LINES_KEPT = 20
 MICRO_MODEL = {"preset": "tiny", "resolution": 64, "base_channels": 16, "channel_mults": [1, 2],
                "attention_resolutions": [], "embed_dim": 64}
 
@@ -65,7 +76,11 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
 
 
 def make_clips(folder: Path, count: int, length: int, frames: list[np.ndarray]) -> list[Path]:
-    """`count` distinct clips of `length` frames: clip i starts at frame i of the sample."""
+    """`count` distinct clips of `length` frames: clip i starts at frame i of the sample.
+
+    dlib finds no face in the sample's first three frames (nor in its re-encoded fourth): clips shorter than
+    5 frames would fail in align, which is why `--frames` is at least 5.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     last_start = len(frames) - length
     if count > last_start + 1:
@@ -135,9 +150,10 @@ def run_scale(size: int, root: Path, frames: list[np.ndarray], args, checkpoint:
     command = [sys.executable, "-m", "stages.cli", "batch", str(videos), "--checkpoint", str(checkpoint),
                "--edit", "anonymise", "--out", str(out), "--params", str(params_file), "--runner", "dask",
                "--workers", str(args.workers), "--retries", "0", "--quiet"]
-    env = os.environ | {"PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    env = os.environ | {"PREFECT_HOME": str(root / f"prefect{size}"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "OMP_WAIT_POLICY": "PASSIVE"}
     env.pop("PREFECT_API_URL", None)
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -147,8 +163,23 @@ def run_scale(size: int, root: Path, frames: list[np.ndarray], args, checkpoint:
     peak = memory.stop()
     if process.returncode != 0:
         raise SystemExit(f"dva batch over {size} clips failed:\n{output}")
+    with (out / "summary.csv").open(newline="") as table:
+        rows = list(csv.DictReader(table))
+    published = sum(row["status"] != "failed" and (REPO / row["output"]).is_file() for row in rows)  # run in REPO
+    if len(rows) != size * len(EDIT) or published != len(rows):
+        raise SystemExit(f"dva batch over {size} clips: {published} of {size * len(EDIT)} edits published")
     return {"videos": size, "wall_s": round(wall, 1), "per_video_s": round(wall / size, 2),
-            "peak_mib": round(peak / 2**20), "output_lines": len(output.splitlines())}
+            "peak_mib": round(peak / 2**20), "output_lines": len(output.splitlines()),
+            "lines_besides_summary": [line for line in output.splitlines() if line.strip()
+                                      and not line.lstrip().startswith(SUMMARY_TABLE_CHARACTERS)][:MAX_LINES_KEPT],
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def add_marginal_costs(scale: list[dict]) -> None:
+    """Seconds per added video between consecutive sizes: the start-up both runs pay cancels out."""
+    for previous, row in zip(scale, scale[1:]):
+        added = row["videos"] - previous["videos"]
+        row["marginal_per_video_s"] = round((row["wall_s"] - previous["wall_s"]) / added, 2)
 
 
 def run_saving(root: Path, frames: list[np.ndarray], args, checkpoint: Path, params_file: Path) -> dict:
@@ -194,15 +225,18 @@ def run_saving(root: Path, frames: list[np.ndarray], args, checkpoint: Path, par
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100], help="Clips per batch.")
-    parser.add_argument("--frames", type=int, default=3, help="Frames per clip.")
+    parser.add_argument("--frames", type=int, default=8, help="Frames per clip (at least 5: see make_clips).")
     parser.add_argument("--steps", type=int, default=3, help="Sampler steps each way.")
     parser.add_argument("--workers", type=int, default=2, help="Local Dask worker processes.")
     parser.add_argument("--checkpoint", type=Path, default=None, help="Model file (default: train a micro model).")
     parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--saving-frames", type=int, default=24, help="Frames of the clip the saving is timed on.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-saving", action="store_true", help="Skip the evaluation-on-demand timing.")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.frames < 5:
+        parser.error("--frames: at least 5 (the sample's first frames hold no detectable face)")
     frames = sample_frames()
     with tempfile.TemporaryDirectory(prefix="dva-batch-scale-") as folder:
         root = Path(folder)
@@ -211,20 +245,27 @@ def main() -> None:
 
         resolution = load_model(checkpoint)[0].config.resolution
         params_file = root / "params.yaml"
-        params_file.write_text(yaml.safe_dump({"model": {"preset": "tiny", "resolution": resolution}, "extract": {"max_frames": args.frames},
+        params_file.write_text(yaml.safe_dump({"model": {"preset": "tiny", "resolution": resolution},
+                                               "extract": {"max_frames": args.frames},
                                                "invert": {"steps": args.steps, "device": "cpu"},
                                                "edit": {"device": "cpu"}, "edits": EDIT}))
-        saving = run_saving(root, frames, args, checkpoint, params_file)
-        print(json.dumps({"evaluation_on_demand": saving}), flush=True)
+        saving = None if args.no_saving else run_saving(root, frames, args, checkpoint, params_file)
+        if saving:
+            print(json.dumps({"evaluation_on_demand": saving}), flush=True)
         scale = []
         for size in args.sizes:
             scale.append(run_scale(size, root, frames, args, checkpoint, params_file))
             print(json.dumps(scale[-1]), flush=True)
-    print("\n| clips | wall s | s per video | peak MiB (process tree) |\n|---|---|---|---|")
+    add_marginal_costs(scale)
+    print("\n| clips | wall s | s per video | marginal s per video | peak MiB (process tree) |\n|---|---|---|---|---|")
     for row in scale:
-        print(f"| {row['videos']} | {row['wall_s']} | {row['per_video_s']} | {row['peak_mib']} |")
-    results = {"frames_per_clip": args.frames, "steps": args.steps, "workers": args.workers, "edits": len(EDIT),
-               "scale": scale, "evaluation_on_demand": saving}
+        print(f"| {row['videos']} | {row['wall_s']} | {row['per_video_s']} | {row.get('marginal_per_video_s', '-')} "
+              f"| {row['peak_mib']} |")
+    results = {"frames_per_clip": args.frames, "frame_size": list(frames[0].shape[:2]), "steps": args.steps,
+               "workers": args.workers, "edits": len(EDIT), "resolution": resolution,
+               "checkpoint": str(args.checkpoint) if args.checkpoint else f"micro model, {args.train_steps} steps",
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+               "scale": scale} | ({"evaluation_on_demand": saving} if saving else {})
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
