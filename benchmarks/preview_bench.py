@@ -19,8 +19,9 @@ the same cached state:
   (the window's inversion reused: one try of a tuning loop).
 
 Each process runs under `--count-inverted`, which counts the frames it inverts (`stages.invert.invert_frames`
-wrapped, nothing else changed) for the reuse check. Prints a table and writes JSON with the machine's load
-average before and after each run: other work on the machine slows every figure.
+wrapped, nothing else changed; besides standard-library modules, this file's module-level imports are ones
+`dva edit` makes anyway) for the reuse check. Prints a table and writes JSON with wall and CPU seconds and the
+machine's load average before and after each run: other work on the machine slows every figure.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ sys.path.insert(0, str(REPO))
 from pipeline.faces.tracking import NO_FACE  # noqa: E402
 from pipeline.params import packaged_defaults_file  # noqa: E402
 from pipeline.runs.artifacts import NOISE_FILE, read_features  # noqa: E402
-from stages.sample import sample_path  # noqa: E402
 
 EDIT = {"kind": "expression", "expressions": {"smile": 0.5, "mouth_open": [[0.0, 0.0], [2.0, 0.8], [4.0, 0.0]]}}
 SECOND_EDIT = {"kind": "expression", "expressions": {"smile": 1.0}}
@@ -62,6 +62,7 @@ def train_model(root: Path, params: dict, steps: int) -> Path:
     from stages.align import align_video
     from stages.encode import encode_video
     from stages.extract import extract_video
+    from stages.sample import sample_path
     from stages.train import train_autoencoder
 
     settings = parse_params(params | {"videos": {"sample": {"path": "data/raw/sample.mp4"}},
@@ -102,9 +103,11 @@ def children_cpu_seconds() -> float:
 def dva_edit(root: Path, checkpoint: Path, edit: dict, work: Path, out: Path, *options: str) -> dict:
     """Wall and CPU seconds, frames inverted and load averages around one `dva edit` process.
 
-    CPU seconds barely change with other work on the machine, wall seconds do: on a shared machine the
-    CPU ratio is the steadier figure.
+    Other work on the machine changes CPU seconds less than wall seconds: on a shared machine the CPU
+    ratio is the steadier figure.
     """
+    from stages.sample import sample_path
+
     count_file = root / "inverted.json"
     count_file.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), COUNT_FLAG, str(count_file),
@@ -119,8 +122,7 @@ def dva_edit(root: Path, checkpoint: Path, edit: dict, work: Path, out: Path, *o
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr}")
     inverted = json.loads(count_file.read_text())["inverted_frames"]
     return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "inverted_frames": inverted,
-            "load_before": round(load_before, 2),
-            "load_after": round(os.getloadavg()[0], 2)}
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
 def outputs(stage_folder: Path) -> list[Path]:
