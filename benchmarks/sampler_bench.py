@@ -162,7 +162,7 @@ def run_bench(checkpoint: Path, align: Path, encode: Path, params_file: Path, st
                          "motion_detected": float(found.mean())}
         if reference_edit_images is None:  # the first run: DDIM at the largest S
             reference_edit_images = edited
-        psnr, ssim = frame_quality(source, recon)
+        psnr, ssim, _ = frame_quality(source, recon)
         first_edit, further_edit = sampler.evaluations()
         rows.append({
             "sampler": name,

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 import typer
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.config import ParamsView, override_params, read_params
@@ -64,17 +63,23 @@ class InvertView(ParamsView):
     invert: InvertParams = InvertParams()
 
 
-def frame_quality(reference: np.ndarray, decoded: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame PSNR (dB) and SSIM of decoded images (B, 3, R, R) in [-1, 1] against uint8 crops (B, R, R, 3).
+def frame_quality(reference: np.ndarray, decoded: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame PSNR (dB), SSIM and MS-SSIM of decoded images (B, 3, R, R) in [-1, 1] against uint8 crops
+    (B, R, R, 3).
 
     Measured on [0, 1] images before rounding to uint8: an exact sampler's decode rounds back to the
     source crop itself, whose PSNR would be infinite.
     """
-    ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(0, 3, 1, 2).float() / 255
-    dec = (decoded.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    # Imported here: torchmetrics costs seconds to import, which a preview (it measures nothing) skips.
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    ref = to_unit_images(reference)
+    # Contiguous: the sums' order follows the memory layout, and a frame measured from the frame cache must
+    # score exactly as in the batch that decoded it.
+    dec = ((decoded.detach().float().cpu().clamp(-1, 1) + 1) / 2).contiguous()
     psnr = peak_signal_noise_ratio(dec, ref, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(dec, ref, data_range=1.0, reduction="none")
-    return psnr.numpy(), ssim.numpy()
+    return psnr.numpy(), ssim.numpy(), ms_ssim(dec, ref, ms_ssim_settings(ref.shape[-1]))
 
 
 def invert_video(
@@ -87,6 +92,7 @@ def invert_video(
     run_id: str = "python",
     window: np.ndarray | None = None,
     frame_cache: Path | None = None,
+    measure: bool = True,
 ) -> dict:
     """Invert and re-decode all face frames of one video; returns its metrics.
 
@@ -94,7 +100,9 @@ def invert_video(
     and NaN, the metrics cover the window). `frame_cache` is a folder of per-face results (`<row>.npz`)
     shared by the runs of one inversion key: frames found there are read instead of inverted, and a
     window run adds the frames it inverts, so a full run after a preview inverts only the frames the
-    preview lacked.
+    preview lacked. `measure=False` skips PSNR, SSIM and MS-SSIM (NaN in the table, absent from the metrics);
+    the frame cache keeps each frame's decode before rounding, so a later run measures those frames exactly
+    as if it had decoded them itself.
     """
     device = resolve_device(params.device)
     model, model_meta = load_model(checkpoint, device)
@@ -119,7 +127,6 @@ def invert_video(
         frames = frames[np.isin(features.frame[frames], window)]
     count, size = len(status), crops.shape[1]
     psnr, ssim, msssim, noise_std = (np.full(count, np.nan, dtype=np.float32) for _ in range(4))
-    msssim_settings = ms_ssim_settings(size)
     batch_size = inference_batch_size(params, model)
     cached = [row for row in frames if frame_cache is not None and (Path(frame_cache) / f"{row}.npz").is_file()]
     todo = np.setdiff1d(frames, cached)
@@ -128,10 +135,16 @@ def invert_video(
         noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32,
                                           shape=(count, *sampler.state_shape((3, size, size))))
         recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+        measured_later = []
         for row in cached:
             with np.load(Path(frame_cache) / f"{row}.npz") as stored:
                 noise[row], recon[row] = stored["noise"], stored["recon"]
-                psnr[row], ssim[row], msssim[row], noise_std[row] = stored["quality"]
+                noise_std[row] = stored["noise_std"]
+                if measure:
+                    measured_later.append(stored["decoded"])
+        if measured_later:
+            psnr[cached], ssim[cached], msssim[cached] = frame_quality(crops[cached], torch.from_numpy(
+                np.stack(measured_later)))
         for rows in progress_bar(batches, enabled=progress, total=len(batches),
                                  desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
@@ -140,21 +153,21 @@ def invert_video(
             decoded = decode_frames(model, sampler, state, z_face, params)
             noise[rows] = state.cpu().numpy()
             recon[rows] = to_uint8_crops(decoded)
-            psnr[rows], ssim[rows] = frame_quality(source, decoded)
-            # Like PSNR and SSIM: the decode before rounding to uint8.
-            msssim[rows] = ms_ssim((decoded.detach().float().cpu().clamp(-1, 1) + 1) / 2, to_unit_images(source),
-                                   msssim_settings)
+            if measure:
+                psnr[rows], ssim[rows], msssim[rows] = frame_quality(source, decoded)
             noise_std[rows] = sampler.noise_maps(state).flatten(1).std(dim=1).cpu().numpy()
             if frame_cache is not None and window is not None:  # a whole inversion supersedes the cache
-                _cache_frames(Path(frame_cache), rows, noise, recon, (psnr, ssim, msssim, noise_std))
+                _cache_frames(Path(frame_cache), rows, noise, recon, noise_std, decoded)
         noise.flush()
         recon.flush()
         del noise, recon
-        metrics = {
+        quality = {
             "psnr": float(np.nanmean(psnr)),
             "ssim": float(np.nanmean(ssim)),
             "ms_ssim": float(np.nanmean(msssim)),
-            "ms_ssim_settings": msssim_settings.as_dict(),
+            "ms_ssim_settings": ms_ssim_settings(size).as_dict(),
+        }
+        metrics = (quality if measure else {}) | {
             "noise_std": float(np.nanmean(noise_std)),
             "noise_std_min": float(np.nanmin(noise_std)),
             "noise_std_max": float(np.nanmax(noise_std)),
@@ -184,14 +197,15 @@ def invert_video(
     return metrics
 
 
-def _cache_frames(folder: Path, rows: np.ndarray, noise: np.ndarray, recon: np.ndarray,
-                  quality: tuple[np.ndarray, ...]) -> None:
-    # One file per frame, renamed into place when written: a killed run leaves only whole frames.
+def _cache_frames(folder: Path, rows: np.ndarray, noise: np.ndarray, recon: np.ndarray, noise_std: np.ndarray,
+                  decoded: torch.Tensor) -> None:
+    # One file per frame, renamed into place when written: a killed run leaves only whole frames. The decode
+    # before rounding is kept for the quality figures of the run that reads the frame.
     folder.mkdir(parents=True, exist_ok=True)
-    for row in rows:
+    decoded = decoded.detach().float().cpu().numpy()
+    for position, row in enumerate(rows):
         temporary = folder / f".{row}.tmp.npz"
-        np.savez(temporary, noise=noise[row], recon=recon[row],
-                 quality=np.array([values[row] for values in quality], dtype=np.float32))
+        np.savez(temporary, noise=noise[row], recon=recon[row], noise_std=noise_std[row], decoded=decoded[position])
         os.replace(temporary, folder / f"{row}.npz")
 
 

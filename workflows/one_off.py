@@ -198,7 +198,7 @@ def preview_sheet(name: str, params: Params, checkpoint: Path, store: WorkStore,
         if not is_complete(invert_dir):
             invert_dir = store.build_once("invert-window", content_key(keys.invert, window.tolist()),
                                           lambda d: invert_video(checkpoint, align_dir, encode_dir, d, params.invert,
-                                                                 progress, window=window,
+                                                                 progress, window=window, measure=False,
                                                                  frame_cache=store.folder("invert-frames", keys.invert)))
     edit_dir = store.build_once("edit-window", content_key(keys.edits[name], window.tolist()), lambda d: edit_video(
         name, params, checkpoint, align_dir, encode_dir, invert_dir, d, baseline=False, progress=progress,

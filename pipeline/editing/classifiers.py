@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics.functional.classification import binary_auroc
 
 from pipeline.core.errors import InputError
 from pipeline.editing.editing import AttributeClassifier
@@ -175,6 +174,9 @@ def _train_linear(x: torch.Tensor, t: torch.Tensor, epochs: int, lr: float, weig
 
 def _aucs(scores: torch.Tensor, targets: torch.Tensor, attributes: list[str]) -> dict[str, float]:
     """AUC of each attribute's scores; NaN where the rows hold one class only."""
+    # Imported here: torchmetrics takes seconds to import, and only fitting needs it, not an edit.
+    from torchmetrics.functional.classification import binary_auroc
+
     aucs: dict[str, float] = {}
     for j, name in enumerate(attributes):
         target = targets[:, j]

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
-from torchmetrics.functional.image.lpips import _NoTrainLpips
 
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError, MissingWeightsError
@@ -78,6 +76,10 @@ def ms_ssim(images: torch.Tensor, reference: torch.Tensor, settings: MsSsimSetti
 
     `settings` default to :func:`ms_ssim_settings` for the image size.
     """
+    # torchmetrics is imported where it is used: importing it costs seconds (it imports torchvision and
+    # torch._dynamo), which a preview, which measures nothing, would pay for nothing.
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
     settings = settings or ms_ssim_settings(images.shape[-1])
     scores = multiscale_structural_similarity_index_measure(
         images.float(), reference.float(), kernel_size=settings.window, sigma=settings.sigma, betas=settings.betas,
@@ -121,6 +123,8 @@ def lpips_network(net: str) -> torch.nn.Module:
     uninitialised (`pnet_rand`) and no linear heads loaded (`pretrained=False`); dropout before the heads
     keeps the published files' names (`lin0.model.1.weight`) and is inactive in inference.
     """
+    from torchmetrics.functional.image.lpips import _NoTrainLpips
+
     return _NoTrainLpips(pretrained=False, net=net, pnet_rand=True, use_dropout=True)
 
 
