@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import typer
 
 from pipeline.core.atomic import atomic_output_dir
@@ -123,6 +122,8 @@ def evaluate_edit(
 
     `align` sets the landmark detector; `settings` (the `evaluate` section) the optional LPIPS network.
     """
+    import pandas as pd  # here: pandas takes a noticeable part of a second to import, and only scoring needs it
+
     align, settings = align or AlignParams(), settings or EvaluateParams()
     # Loaded first: a missing or wrong LPIPS file stops before any other work.
     lpips = load_lpips(settings.lpips_weights, settings.lpips_net, settings.device) if settings.lpips_weights else None

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from pipeline.core.errors import InputError
 from pipeline.editing.editing import AttributeClassifier
+
+if TYPE_CHECKING:  # pandas is imported where label tables are read: an edit that loads a classifier never needs it
+    import pandas as pd
 
 
 class LabelTableError(InputError, ValueError):
@@ -55,6 +58,8 @@ def _to_binary(values: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 def _read_celeba(path: Path) -> pd.DataFrame:
     """Parse the CelebA attribute format: count line, attribute-name line, then ``filename v1 ... vA`` rows."""
+    import pandas as pd
+
     lines = [ln.split() for ln in path.read_text().splitlines()]
     lines = [ln for ln in lines if ln]
     if len(lines) < 2:
@@ -82,6 +87,8 @@ def _read_celeba(path: Path) -> pd.DataFrame:
 
 def _read_tabular(path: Path) -> pd.DataFrame:
     """Parse a CSV/Parquet table with an ``image`` column and one 0/1 (or -1/1) column per attribute."""
+    import pandas as pd
+
     try:
         raw = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
     except Exception as exc:  # pandas/pyarrow raise many types; the user needs one clear line

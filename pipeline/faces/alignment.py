@@ -12,7 +12,6 @@ from typing import Literal
 import cv2
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter1d
 
 JAW = slice(0, 17)
 BROWS = slice(17, 27)
@@ -70,6 +69,10 @@ def smooth_crops(
     reference smooth the centre with sigma 1 and the axis vectors with sigma 3). `edges` is
     scipy's boundary mode at the ends of each run. Invalid frames are unchanged.
     """
+    # scipy.ndimage is imported here: it takes a noticeable part of a second, which commands that only read
+    # aligned crops (an edit, a preview) would pay for nothing.
+    from scipy.ndimage import gaussian_filter1d
+
     centers = np.array(centers, dtype=np.float64)
     axes = np.array(axes, dtype=np.float64)
     for start, stop in _runs(np.asarray(valid, dtype=bool)):

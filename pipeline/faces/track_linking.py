@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from pipeline.faces.face_detection import FaceDetection
 from pipeline.faces.tracking import NO_FACE, OK, FaceTrack, fill_gaps
@@ -111,6 +110,9 @@ def link_tracks(
     encoder's same-person threshold). Gaps of at most `max_gap` frames are interpolated as in
     `track_face`.
     """
+    # Imported here, like scipy.ndimage in alignment: only align links tracks, and the import costs time.
+    from scipy.optimize import linear_sum_assignment
+
     live: list[_Track] = []
     ended: list[_Track] = []
     for frame, detections in enumerate(per_frame):
