@@ -135,16 +135,15 @@ def invert_video(
         noise = np.lib.format.open_memmap(work / NOISE_FILE, mode="w+", dtype=np.float32,
                                           shape=(count, *sampler.state_shape((3, size, size))))
         recon = np.lib.format.open_memmap(work / RECON_FILE, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
-        measured_later = []
-        for row in cached:
-            with np.load(Path(frame_cache) / f"{row}.npz") as stored:
-                noise[row], recon[row] = stored["noise"], stored["recon"]
-                noise_std[row] = stored["noise_std"]
-                if measure:
-                    measured_later.append(stored["decoded"])
-        if measured_later:
-            psnr[cached], ssim[cached], msssim[cached] = frame_quality(crops[cached], torch.from_numpy(
-                np.stack(measured_later)))
+        for start in range(0, len(cached), batch_size):  # measured in batches, like the frames inverted below
+            rows, decoded = cached[start : start + batch_size], []
+            for row in rows:
+                with np.load(Path(frame_cache) / f"{row}.npz") as stored:
+                    noise[row], recon[row], noise_std[row] = stored["noise"], stored["recon"], stored["noise_std"]
+                    decoded.append(stored["decoded"])
+            if measure:
+                psnr[rows], ssim[rows], msssim[rows] = frame_quality(np.asarray(crops[rows]),
+                                                                     torch.from_numpy(np.stack(decoded)))
         for rows in progress_bar(batches, enabled=progress, total=len(batches),
                                  desc=f"invert {params.sampler} S={params.steps}"):
             source = np.asarray(crops[rows])
@@ -166,8 +165,8 @@ def invert_video(
             "ssim": float(np.nanmean(ssim)),
             "ms_ssim": float(np.nanmean(msssim)),
             "ms_ssim_settings": ms_ssim_settings(size).as_dict(),
-        }
-        metrics = (quality if measure else {}) | {
+        } if measure else {}
+        metrics = quality | {
             "noise_std": float(np.nanmean(noise_std)),
             "noise_std_min": float(np.nanmin(noise_std)),
             "noise_std_max": float(np.nanmax(noise_std)),
