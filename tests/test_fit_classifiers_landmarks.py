@@ -278,7 +278,10 @@ def test_the_demo_fits_classifiers_before_the_edits_that_use_them():
     written = {next(iter(out)) if isinstance(out, dict) else out for out in fit["outs"] + fit["metrics"]}
     assert {"data/align", "data/encode"} <= set(fit["deps"]) and "fit_classifiers" in fit["params"]
     assert FitClassifiersParams.model_validate(params["fit_classifiers"]).source == "landmarks"
-    classifier_edits = {name: spec for name, spec in params["edits"].items() if spec["kind"] == "classifier"}
+    # A classifier edit on its own or as a part of a composed edit.
+    classifier_edits = {f"{name}/{index}": part for name, spec in params["edits"].items()
+                        for index, part in enumerate(spec["edits"] if spec["kind"] == "compose" else [spec])
+                        if part["kind"] == "classifier"}
     assert classifier_edits, "the demo has no classifier edit"
     for name, spec in classifier_edits.items():
         assert spec["classifier"] in written, name
