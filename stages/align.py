@@ -22,7 +22,7 @@ import typer
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.config import ParamsView, read_params
 from pipeline.core.device import resolve_device
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, ParamsError
 from pipeline.core.progress import progress_bar
 from pipeline.core.tables import vector_column, write_table
 from pipeline.faces import alignment
@@ -36,16 +36,31 @@ from pipeline.faces.tracking import INTERPOLATED, NO_FACE, OK, FaceTrack, track_
 from pipeline.model.settings import ModelParams
 from pipeline.runs.artifacts import ALIGN_TABLE_FILE, CROPS_FILE, FRAMES_FILE, MASKS_FILE, META_FILE, require_artifact
 from pipeline.runs.lineage import cli_run_id, write_lineage
+from pipeline.video.settings import VideoParams
 from pipeline.video.video_io import VideoMeta, read_lossless_frames
 
 PARSE_BATCH = 16
 
 
 class AlignView(ParamsView):
-    """The sections of params.yaml the align stage reads (the model's resolution sets the crop size)."""
+    """The sections of params.yaml the align stage reads (the model's resolution sets the crop size; a video's
+    own `faces` overrides `align.faces`)."""
 
     align: AlignParams = AlignParams()
     model: ModelParams = ModelParams()
+    videos: dict[str, VideoParams] = {}
+    drivers: dict[str, VideoParams] = {}
+
+    def align_for(self, video_id: str | None, source: Path) -> AlignParams:
+        """`align` as video `video_id` (under videos or drivers) asks for it; None: `align` as it is."""
+        if video_id is None:
+            return self.align
+        entry = self.videos.get(video_id) or self.drivers.get(video_id)
+        if entry is None:
+            raise ParamsError(f"{source}: --video {video_id}: no video or driver of that id")
+        if entry.faces is None:
+            return self.align
+        return self.align.model_copy(update={"faces": entry.faces})
 
 
 def crop_transforms(track: FaceTrack, params: AlignParams, size: int) -> np.ndarray:
@@ -181,10 +196,13 @@ def cli(
     extract_dir: Path = typer.Argument(..., help="Output folder of `dva extract`."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced when complete)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file (must exist)."),
+    video: str | None = typer.Option(None, "--video", help="Id of this video under videos/drivers in the "
+                                     "parameters file: its own `faces` setting replaces align.faces."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     settings = read_params(params, AlignView)
-    counts = align_video(extract_dir, out_dir, settings.align, settings.model.crop_size, progress=not quiet,
+    counts = align_video(extract_dir, out_dir, settings.align_for(video, params), settings.model.crop_size,
+                         progress=not quiet,
                          run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{extract_dir}: {status_summary(counts)} -> {out_dir}")

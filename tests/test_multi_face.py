@@ -229,3 +229,30 @@ def _first_frame(video: Path) -> np.ndarray:
     from pipeline.video.video_io import iter_frames
 
     return next(iter(iter_frames(video))).rgb
+
+
+def test_a_videos_own_faces_setting_overrides_align_faces(dva_executable, tmp_path):
+    # The demo lists single-face clips and a group shot: `videos.<id>.faces` chooses that video's faces while
+    # align.faces (largest) keeps every other video on the single-face follower; the DVC stage passes --video.
+    import subprocess
+
+    import yaml
+
+    extract = tmp_path / "extract"
+    extract_video(group_clip(tmp_path / "group.mp4"), extract, max_frames=FRAMES, progress=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "align": {"faces": "largest"},
+        "videos": {"group": {"path": "data/group.mp4", "faces": "all"}, "solo": {"path": "data/solo.mp4"}},
+    }))
+
+    def align(video: str) -> subprocess.CompletedProcess:
+        return subprocess.run([dva_executable, "align", str(extract), str(tmp_path / video), "--video",
+                               video, "--params", str(params), "--quiet"], capture_output=True, text=True, timeout=600)
+
+    assert align("group").returncode == 0 and align("solo").returncode == 0
+    assert len(read_alignment(tmp_path / "group").tracks) >= MIN_TRACKS
+    assert list(read_alignment(tmp_path / "solo").tracks) == [0]
+    unknown = align("nobody")
+    assert unknown.returncode != 0 and not (tmp_path / "nobody").exists()
+    assert unknown.stderr.strip().splitlines() == [f"error: {params}: --video nobody: no video or driver of that id"]

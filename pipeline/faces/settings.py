@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from pipeline.core.config import Section, WeightsPath
+from pipeline.video.settings import FaceChoice, check_face_choice
 
 
 class AlignParams(Section):
@@ -19,7 +20,7 @@ class AlignParams(Section):
     # Which faces become tracks: `largest` follows one face (the `face_index`-th largest at its first detection,
     # then the nearest detection: the single-face tracker, today's results unchanged); `all` links every face
     # into tracks (pipeline/faces/track_linking.py); a list keeps those track ids of `all`.
-    faces: Literal["largest", "all"] | list[int] = "largest"
+    faces: FaceChoice = "largest"
     face_index: int = Field(default=0, ge=0)
     max_gap: int = Field(default=5, ge=0)
     # With several faces: tracks detected in fewer frames are dropped (a one-off false detection is no person).
@@ -49,11 +50,7 @@ class AlignParams(Section):
     @field_validator("faces")
     @classmethod
     def _track_ids(cls, value: str | list[int]) -> str | list[int]:
-        if isinstance(value, list):
-            if not value or min(value) < 0 or len(set(value)) != len(value):
-                raise ValueError("a list of faces must name distinct track ids >= 0 (or use `all` / `largest`)")
-            return sorted(value)
-        return value
+        return check_face_choice(value)
 
     @property
     def several_faces(self) -> bool:
