@@ -202,8 +202,7 @@ def cli(
 ) -> None:
     settings = read_params(params, AlignView)
     counts = align_video(extract_dir, out_dir, settings.align_for(video, params), settings.model.crop_size,
-                         progress=not quiet,
-                         run_id=cli_run_id(os.environ))
+                         progress=not quiet, run_id=cli_run_id(os.environ))
     if not quiet:
         typer.echo(f"{extract_dir}: {status_summary(counts)} -> {out_dir}")
 

@@ -232,7 +232,7 @@ def _first_frame(video: Path) -> np.ndarray:
 
 
 def test_a_videos_own_faces_setting_overrides_align_faces(dva_executable, tmp_path):
-    # The demo lists single-face clips and a group shot: `videos.<id>.faces` chooses that video's faces while
+    # A project of single-face clips and a group shot: `videos.<id>.faces` chooses that video's faces while
     # align.faces (largest) keeps every other video on the single-face follower; the DVC stage passes --video.
     import subprocess
 
