@@ -9,8 +9,11 @@ or under `torchrun --nproc_per_node N dva train ...` in torchrun's (several GPUs
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -264,7 +267,22 @@ def _drain(queue) -> list[tuple[int, str]]:
     return items
 
 
+def _die_with_parent() -> None:
+    """Have Linux SIGTERM this worker when the `dva train` that spawned it dies, however it dies.
+
+    Ctrl-C reaches the whole process group, but a `kill` of the parent alone would otherwise leave the
+    workers training (and writing the training state) with nobody waiting for them.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent died before the request was in place
+
+
 def _worker(rank: int, processes: int, threads: int, store: str, job: TrainJob, work: Path, errors) -> None:
+    _die_with_parent()
     # One thread per process: the processes, not the threads, share the cores.
     torch.set_num_threads(threads)
     try:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from safetensors.torch import load_file, save_file
 
 from pipeline.core.errors import DvaError
@@ -113,6 +119,72 @@ def test_the_stage_spawns_processes_and_a_failing_worker_is_one_error(sample_run
     message = str(failure.value)
     assert message.startswith("training process 0 failed: ") and "\n" not in message, message
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def _running_children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The state and parent pid follow the parenthesised command name.
+                state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, IndexError):
+                continue
+            if int(ppid) == pid and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(predicate, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers follow their parent through Linux's prctl")
+def test_killing_the_stage_stops_its_training_processes(sample_run, tmp_path, dva_executable):
+    data = tmp_path / "data"
+    for stage, folder in (("align", sample_run.align), ("encode", sample_run.encode)):
+        (data / stage).mkdir(parents=True)
+        (data / stage / "sample").symlink_to(folder, target_is_directory=True)
+    params = copy.deepcopy(MICRO_PARAMS) | {"model": NANO_MODEL.model_dump(exclude_none=True),
+                                            "train": DDP_TRAIN | {"steps": 100_000, "processes": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage = subprocess.Popen([dva_executable, "train", str(tmp_path / "train"), "--data-root", str(data),
+                              "--state-file", str(tmp_path / "state.safetensors"),
+                              "--params", str(tmp_path / "params.yaml"), "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        # Two spawned trainers (multiprocessing's resource tracker is a third child).
+        def trainers():
+            found = [pid for pid in _running_children(stage.pid)
+                     if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            return found if len(found) == 2 else None
+
+        workers = _wait_until(trainers, 120) or []
+        assert len(workers) == 2, "the stage did not start two training processes"
+        # A plain kill of the stage (no Ctrl-C to its process group): its workers must not train on alone.
+        stage.send_signal(signal.SIGTERM)
+        stage.wait(timeout=30)
+        stopped = _wait_until(lambda: not any(_running(pid) for pid in workers), 30)
+        assert stopped, "training processes outlived the stage"
+    finally:
+        stage.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_batch_shares_cover_the_batch_once():
