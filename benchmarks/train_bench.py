@@ -1,17 +1,18 @@
 """Training throughput on the CPU: images/s per process layout, memory format and compilation.
 
 Run: `OMP_WAIT_POLICY=PASSIVE python benchmarks/train_bench.py [--steps 12] [--warmup 3] [--repeats 3]
-[--compile] [--out benchmarks/results/train_cpu.json]`.
+[--compile] [--configs 2x1 2x1+compile] [--base-channels 16] [--out benchmarks/results/train_cpu.json]`.
 
 The tiny preset at 64 px with the demo's batch (2 videos x 4 frames, params.yaml) trains on synthetic
 crops (throughput does not depend on image content). Each configuration is one training step as
 pipeline/model/training.train runs it (sampling, the disentangle loss, backward, gradient all-reduce under
 DDP, clipping, Adam, EMA), in fresh processes started like the train stage starts them (spawn, gloo).
 Configurations run interleaved, `--repeats` rounds, so machine load affects them alike; the table gives
-the median images/s of the timed steps (after `--warmup` steps) and its ratio to 1 process x 2 threads, and the
-CPU seconds per image of all processes together (what the configuration costs, whoever else uses the cores),
-with the load averages around each configuration's runs: wall figures taken under load do not compare with
-figures from an idle machine, CPU figures nearly do.
+the median images/s of the timed steps (after `--warmup` steps) and its ratio to the first configuration
+(1 process x 2 threads unless `--configs` says otherwise), and the CPU seconds per image of all processes
+together (what the configuration costs, whoever else uses the cores), with the load averages around each
+configuration's runs: wall figures taken under load do not compare with figures from an idle machine, CPU
+figures nearly do.
 """
 
 from __future__ import annotations
@@ -65,14 +66,25 @@ def synthetic_clips(count: int = 2, frames: int = 32, size: int = 64) -> list[Tr
     ]
 
 
-def _worker(rank: int, world: int, threads: int, store: str, config: tuple, steps: int, out: str) -> None:
+def parse_config(text: str) -> tuple:
+    """`PxT[+cl][+compile]` (e.g. `2x1+compile`) as (processes, threads, channels-last, compile)."""
+    layout, *extras = text.split("+")
+    processes, threads = (int(part) for part in layout.split("x"))
+    unknown = set(extras) - {"cl", "compile"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown option {sorted(unknown)[0]!r} in {text!r} (cl, compile)")
+    return processes, threads, "cl" in extras, "compile" in extras
+
+
+def _worker(rank: int, world: int, threads: int, store: str, config: tuple, steps: int, out: str,
+            base_channels: int | None) -> None:
     _, _, memory_last, compiled = config
     torch.set_num_threads(threads)
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     torch.manual_seed(0)
     clips = synthetic_clips()
-    model = channels_last(DiffusionVideoAutoencoder(build_config(ModelParams(preset="tiny"), ID_DIM)), memory_last)
+    model = channels_last(DiffusionVideoAutoencoder(build_config(ModelParams(preset="tiny", base_channels=base_channels), ID_DIM)), memory_last)
     ema = EMA(model, 0.999)
     network: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     maybe_compile(model, compiled)
@@ -104,13 +116,14 @@ def _worker(rank: int, world: int, threads: int, store: str, config: tuple, step
     Path(f"{out}.{rank}").write_text(json.dumps({"wall": times, "cpu": cpu_times}))
 
 
-def measure(config: tuple, steps: int) -> tuple[list[float], list[float]]:
+def measure(config: tuple, steps: int, base_channels: int | None = None) -> tuple[list[float], list[float]]:
     """Wall seconds (rank 0) and CPU seconds (all processes) of each of `steps` training steps of one
     configuration, in fresh processes."""
     processes, threads = config[:2]
     with tempfile.TemporaryDirectory() as folder:
         out = f"{folder}/times.json"
-        mp.spawn(_worker, args=(processes, threads, f"file://{folder}/store", config, steps, out), nprocs=processes)
+        mp.spawn(_worker, args=(processes, threads, f"file://{folder}/store", config, steps, out, base_channels),
+                 nprocs=processes)
         ranks = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(processes)]
         return ranks[0]["wall"], [sum(step) for step in zip(*(record["cpu"] for record in ranks))]
 
@@ -127,16 +140,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the configurations")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation)")
+    parser.add_argument("--configs", nargs="+", type=parse_config, metavar="PxT[+cl][+compile]",
+                        help="only these configurations (processes x threads, channels-last, compile); the first "
+                             "is the ratios' base")
+    parser.add_argument("--base-channels", type=int, help="UNet width (default: the tiny preset's 32)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/train_cpu.json")
     args = parser.parse_args()
-    configs = CONFIGS + (COMPILED if args.compile else [])
+    configs = args.configs or CONFIGS + (COMPILED if args.compile else [])
     samples: dict[str, list[float]] = {name(config): [] for config in configs}
     cpu: dict[str, list[float]] = {name(config): [] for config in configs}
     loads: dict[str, list[float]] = {name(config): [] for config in configs}
     for round_index in range(args.repeats):
         for config in configs:
             loads[name(config)].append(os.getloadavg()[0])
-            wall, cpu_s = (times[args.warmup:] for times in measure(config, args.warmup + args.steps))
+            wall, cpu_s = (times[args.warmup:] for times in measure(config, args.warmup + args.steps, args.base_channels))
             loads[name(config)].append(os.getloadavg()[0])
             samples[name(config)] += [VIDEOS * FRAMES / seconds for seconds in wall]
             cpu[name(config)] += [seconds / (VIDEOS * FRAMES) for seconds in cpu_s]
@@ -155,7 +172,7 @@ def main() -> None:
     result = {
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
-        "model": "tiny preset, 64 px", "batch": f"{VIDEOS} videos x {FRAMES} frames",
+        "model": f"tiny preset, 64 px, {args.base_channels or 32} base channels", "batch": f"{VIDEOS} videos x {FRAMES} frames",
         "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
