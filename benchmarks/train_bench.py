@@ -84,7 +84,8 @@ def _worker(rank: int, world: int, threads: int, store: str, config: tuple, step
         torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     torch.manual_seed(0)
     clips = synthetic_clips()
-    model = channels_last(DiffusionVideoAutoencoder(build_config(ModelParams(preset="tiny", base_channels=base_channels), ID_DIM)), memory_last)
+    config_of_model = build_config(ModelParams(preset="tiny", base_channels=base_channels), ID_DIM)
+    model = channels_last(DiffusionVideoAutoencoder(config_of_model), memory_last)
     ema = EMA(model, 0.999)
     network: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     maybe_compile(model, compiled)
@@ -153,7 +154,8 @@ def main() -> None:
     for round_index in range(args.repeats):
         for config in configs:
             loads[name(config)].append(os.getloadavg()[0])
-            wall, cpu_s = (times[args.warmup:] for times in measure(config, args.warmup + args.steps, args.base_channels))
+            timed = measure(config, args.warmup + args.steps, args.base_channels)
+            wall, cpu_s = (times[args.warmup:] for times in timed)
             loads[name(config)].append(os.getloadavg()[0])
             samples[name(config)] += [VIDEOS * FRAMES / seconds for seconds in wall]
             cpu[name(config)] += [seconds / (VIDEOS * FRAMES) for seconds in cpu_s]
@@ -172,7 +174,8 @@ def main() -> None:
     result = {
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
-        "model": f"tiny preset, 64 px, {args.base_channels or 32} base channels", "batch": f"{VIDEOS} videos x {FRAMES} frames",
+        "model": f"tiny preset, 64 px, {args.base_channels or 32} base channels",
+        "batch": f"{VIDEOS} videos x {FRAMES} frames",
         "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

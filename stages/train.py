@@ -270,8 +270,9 @@ def _drain(queue) -> list[tuple[int, str]]:
 def _die_with_parent() -> None:
     """Have Linux SIGTERM this worker when the `dva train` that spawned it dies, however it dies.
 
-    Ctrl-C reaches the whole process group, but a `kill` of the parent alone would otherwise leave the
-    workers training (and writing the training state) with nobody waiting for them.
+    torch's spawn asks for SIGINT, which a process started from a background job (`dva train &` in a script,
+    nohup) inherits as ignored: those workers would train on, writing the training state, with nobody
+    waiting for them.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -121,26 +121,29 @@ def test_the_stage_spawns_processes_and_a_failing_worker_is_one_error(sample_run
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
-def _running_children(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is `pid`, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                # The state and parent pid follow the parenthesised command name.
-                state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            except (OSError, IndexError):
-                continue
-            if int(ppid) == pid and state != "Z":
-                found.append(int(entry.name))
-    return found
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    """The process state letter and parent pid of `pid` from /proc (they follow the parenthesised name)."""
+    try:
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, IndexError):
+        return None
+    return state, int(ppid)
 
 
 def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    """`pid` exists and is not a zombie."""
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != "Z"
+
+
+def _running_children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        found = _state_and_parent(int(entry.name)) if entry.name.isdigit() else None
+        if found is not None and found[1] == pid and found[0] != "Z":
+            children.append(int(entry.name))
+    return children
 
 
 def _wait_until(predicate, seconds: float):
@@ -159,12 +162,15 @@ def test_killing_the_stage_stops_its_training_processes(sample_run, tmp_path, dv
         (data / stage).mkdir(parents=True)
         (data / stage / "sample").symlink_to(folder, target_is_directory=True)
     params = copy.deepcopy(MICRO_PARAMS) | {"model": NANO_MODEL.model_dump(exclude_none=True),
-                                            "train": DDP_TRAIN | {"steps": 100_000, "processes": 2}}
+                                            "train": DDP_TRAIN | {"steps": 100_000, "processes": 2,
+                                                                  "checkpoint_every": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stage = subprocess.Popen([dva_executable, "train", str(tmp_path / "train"), "--data-root", str(data),
                               "--state-file", str(tmp_path / "state.safetensors"),
                               "--params", str(tmp_path / "params.yaml"), "--quiet"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             # As a background job of a script starts it (`dva train &`): SIGINT ignored.
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     workers: list[int] = []
     try:
         # Two spawned trainers (multiprocessing's resource tracker is a third child).
@@ -175,7 +181,10 @@ def test_killing_the_stage_stops_its_training_processes(sample_run, tmp_path, dv
 
         workers = _wait_until(trainers, 120) or []
         assert len(workers) == 2, "the stage did not start two training processes"
-        # A plain kill of the stage (no Ctrl-C to its process group): its workers must not train on alone.
+        # Killed while still starting, a worker would die anyway (its start-up data comes through a pipe from the
+        # parent): wait for the first checkpoint, so that both are in the training loop.
+        assert _wait_until((tmp_path / "state.safetensors").is_file, 120), "training never reached a checkpoint"
+        # A plain kill of the stage: its workers must not train on alone.
         stage.send_signal(signal.SIGTERM)
         stage.wait(timeout=30)
         stopped = _wait_until(lambda: not any(_running(pid) for pid in workers), 30)
